@@ -1,0 +1,1 @@
+"""Graft trainer: runs inside the containers (and locally) to fine-tune a backbone."""
