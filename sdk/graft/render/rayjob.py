@@ -1,0 +1,83 @@
+"""ray.io/v1 RayJob (KubeRay v1.7): a RayCluster with one Ray worker pod per training process.
+
+KubeRay generates the `ray start` command itself, so Ray containers carry no command; the
+entrypoint runs the Ray Train path of the trainer on the head. The image already holds the
+trainer and pod env reaches every Ray worker, so no runtimeEnvYAML is needed.
+"""
+
+from __future__ import annotations
+
+from graft.render.common import Manifest, RenderError, SPEC_PATH, container, object_meta, pod_template
+from graft.spec import FineTuneJob
+
+API_VERSION = "ray.io/v1"
+KIND = "RayJob"
+ENTRYPOINT = f"python -m graft_trainer.ray_train {SPEC_PATH}"
+HEAD_PORTS = [
+    {"name": "gcs-server", "containerPort": 6379, "protocol": "TCP"},
+    {"name": "dashboard", "containerPort": 8265, "protocol": "TCP"},
+    {"name": "client", "containerPort": 10001, "protocol": "TCP"},
+]
+
+
+def render_rayjob(job: FineTuneJob, owner: Manifest | None = None) -> Manifest:
+    k8s = job.spec.kubernetes
+    meta = object_meta(job, job.metadata.name, owner)
+    meta["labels"].update(_batch_scheduler_labels(job))
+    spec: Manifest = {
+        "entrypoint": ENTRYPOINT,
+        "submissionMode": k8s.ray_submission_mode,
+        "shutdownAfterJobFinishes": True,
+        "backoffLimit": k8s.backoff_limit,
+        "suspend": job.spec.suspend,
+    }
+    if k8s.ttl_seconds_after_finished is not None:
+        spec["ttlSecondsAfterFinished"] = k8s.ttl_seconds_after_finished
+    if k8s.active_deadline_seconds is not None:
+        spec["activeDeadlineSeconds"] = k8s.active_deadline_seconds
+    spec["rayClusterSpec"] = _cluster(job)
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta, "spec": spec}
+
+
+def _cluster(job: FineTuneJob) -> Manifest:
+    res = job.spec.resources
+    image = job.spec.kubernetes.ray_image or job.spec.kubernetes.image
+    head = container(job, "ray-head", image=image, ports=HEAD_PORTS, shm=True)
+    worker = container(
+        job, "ray-worker", image=image, gpus=res.gpus_per_node // res.procs_per_node, shm=True
+    )
+    group: Manifest = {
+        "groupName": "workers",
+        "replicas": res.world_size,
+        "minReplicas": (res.min_nodes or res.nodes) * res.procs_per_node,
+        "maxReplicas": (res.max_nodes or res.nodes) * res.procs_per_node,
+        "rayStartParams": {},
+        "template": pod_template(job, [worker], shm=True),
+    }
+    cluster: Manifest = {
+        # num-cpus 0 keeps training workers off the head; it only drives the job.
+        "headGroupSpec": {
+            "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+            "template": pod_template(job, [head], shm=True),
+        },
+        "workerGroupSpecs": [group],
+    }
+    if res.min_nodes is not None:
+        cluster["enableInTreeAutoscaling"] = True
+    return cluster
+
+
+def _batch_scheduler_labels(job: FineTuneJob) -> dict[str, str]:
+    """KubeRay's batch-scheduler integration is driven by labels on the RayJob."""
+    k8s = job.spec.kubernetes
+    if k8s.queue and k8s.scheduler_name != "volcano":
+        raise RenderError(
+            "kubernetes.queue: a RayJob can name a queue only with schedulerName 'volcano' "
+            "(KubeRay batch scheduling); set schedulerName: volcano or drop queue"
+        )
+    labels: dict[str, str] = {}
+    if k8s.scheduler_name:
+        labels["ray.io/scheduler-name"] = k8s.scheduler_name
+    if k8s.queue:
+        labels["volcano.sh/queue-name"] = k8s.queue
+    return labels

@@ -1,0 +1,157 @@
+"""What the renderers promise users and the operator: valid objects against the real CRDs, the
+trainer contract (container, command, spec mount), no secret values, ownership, determinism."""
+
+from __future__ import annotations
+
+import copy
+import json
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from graft.render import JOB_LABEL, RenderError, render
+from graft.spec import parse_spec
+from render_specs import TARGETS, reference_spec
+
+OWNER = {
+    "apiVersion": "graft.dev/v1alpha1",
+    "kind": "FineTuneJob",
+    "name": "flowers-resnet",
+    "uid": "0d4f2c9e-1111-2222-3333-444455556666",
+    "controller": True,
+    "blockOwnerDeletion": True,
+}
+
+
+def _pod_specs(obj: dict) -> list[dict]:
+    spec = obj["spec"]
+    if obj["kind"] == "PyTorchJob":
+        return [r["template"]["spec"] for r in spec["pytorchReplicaSpecs"].values()]
+    if obj["kind"] == "RayJob":
+        cluster = spec["rayClusterSpec"]
+        return [cluster["headGroupSpec"]["template"]["spec"]] + [
+            g["template"]["spec"] for g in cluster["workerGroupSpecs"]
+        ]
+    patch = spec["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]
+    return [rj["template"]["spec"]["template"]["spec"] for rj in patch["replicatedJobs"]]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_configmap_carries_the_spec_the_pods_mount(target):
+    job = reference_spec(target)
+    configmap, child = render(job, target, owner=OWNER)
+    assert configmap["metadata"]["name"] == f"{job.metadata.name}-spec"
+    assert parse_spec(configmap["data"]["spec.yaml"]) == job
+    assert child["metadata"]["name"] == job.metadata.name
+    for obj in (configmap, child):
+        assert obj["metadata"]["labels"][JOB_LABEL] == job.metadata.name
+        assert obj["metadata"]["ownerReferences"] == [OWNER]
+        assert obj["metadata"].get("namespace") == job.metadata.namespace
+    for pod in _pod_specs(child):
+        assert {"name": "graft-spec", "configMap": {"name": configmap["metadata"]["name"]}} in pod["volumes"]
+        mounts = pod["containers"][0]["volumeMounts"]
+        assert {"name": "graft-spec", "mountPath": "/etc/graft", "readOnly": True} in mounts
+
+
+def test_pytorchjob_runs_torchrun_in_a_restricted_pytorch_container():
+    _, job = render(reference_spec("pytorchjob"), "pytorchjob")
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert {k: r["replicas"] for k, r in replicas.items()} == {"Master": 1, "Worker": 1}
+    assert job["spec"]["nprocPerNode"] == "2"
+    pod = replicas["Master"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["name"] == "pytorch"
+    assert container["command"] == ["torchrun", "--module", "graft_trainer", "/etc/graft/spec.yaml"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert container["resources"]["requests"] == {"cpu": "8", "memory": "32Gi"}
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] and security["runAsNonRoot"]
+    assert security["allowPrivilegeEscalation"] is False and security["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert {"name": "graft-tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert job["spec"]["runPolicy"]["schedulingPolicy"] == {
+        "minAvailable": 2, "queue": "research", "priorityClass": "high"
+    }
+
+
+def test_elastic_pytorchjob_uses_workers_only_with_bounds():
+    doc = reference_spec("pytorchjob").to_document()
+    doc["spec"]["resources"].update(nodes=3, minNodes=2, maxNodes=5)
+    _, job = render(parse_spec(doc), "pytorchjob")
+    assert list(job["spec"]["pytorchReplicaSpecs"]) == ["Worker"]
+    assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 3
+    assert job["spec"]["elasticPolicy"]["minReplicas"] == 2
+    assert job["spec"]["elasticPolicy"]["maxReplicas"] == 5
+
+
+def test_rayjob_sizes_one_worker_pod_per_process():
+    _, job = render(reference_spec("rayjob"), "rayjob")
+    spec = job["spec"]
+    assert spec["entrypoint"] == "python -m graft_trainer.ray_train /etc/graft/spec.yaml"
+    assert spec["shutdownAfterJobFinishes"] is True and spec["submissionMode"] == "HTTPMode"
+    (group,) = spec["rayClusterSpec"]["workerGroupSpecs"]
+    assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (4, 2, 8)
+    worker = group["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert worker["image"] == "registry.example.com/graft-trainer-ray:0.1.0"
+    head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in head["resources"]["limits"]
+
+
+def test_trainjob_references_the_runtime_and_sizes_nodes():
+    _, job = render(reference_spec("trainjob"), "trainjob")
+    spec = job["spec"]
+    assert spec["runtimeRef"]["name"] == "graft-torch-distributed"
+    assert (spec["trainer"]["numNodes"], spec["trainer"]["numProcPerNode"]) == (3, 4)
+    assert spec["trainer"]["resourcesPerNode"]["limits"] == {"cpu": "4", "memory": "8Gi"}
+    assert spec["suspend"] is True
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("envFromSecrets", ["creds"]), ("priorityClass", "high"), ("schedulerName", "volcano")],
+)
+def test_trainjob_refuses_settings_it_cannot_express(field, value):
+    doc = reference_spec("trainjob").to_document()
+    doc["spec"]["kubernetes"][field] = value
+    with pytest.raises(RenderError, match=f"kubernetes.{field}"):
+        render(parse_spec(doc), "trainjob")
+
+
+def test_unknown_target_names_the_choices():
+    with pytest.raises(RenderError, match="pytorchjob, rayjob, trainjob"):
+        render(reference_spec("pytorchjob"), "mpijob")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_rendering_is_deterministic_and_shares_no_state(target):
+    job = reference_spec(target)
+    first = render(job, target)
+    snapshot = copy.deepcopy(first)
+    first[1]["spec"].clear()
+    assert render(job, target) == snapshot
+    assert json.dumps(render(job, target)) == json.dumps(snapshot)  # same key order too
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_secret_references_stay_references(target):
+    job = reference_spec(target)
+    text = yaml.safe_dump_all(render(job, target))
+    refs = [v.secret_key_ref for v in job.spec.kubernetes.env if v.secret_key_ref]
+    assert refs
+    for ref in refs:
+        assert f"key: {ref.key}" in text and f"name: {ref.name}" in text
+    assert "stringData" not in text and "kind: Secret" not in text
+
+
+def test_pytorchjob_round_trips_through_kubeflow_training_models():
+    """kubeflow-training drops keys its models do not know: a lossy round trip is a bad key."""
+    from kubeflow.training import ApiClient
+
+    client = ApiClient()
+    for doc in (reference_spec("pytorchjob"), reference_spec("rayjob")):
+        _, job = render(doc, "pytorchjob", owner=OWNER)
+        model = client.deserialize(SimpleNamespace(data=json.dumps(job)), "KubeflowOrgV1PyTorchJob")
+        assert client.sanitize_for_serialization(model) == job

@@ -1,0 +1,23 @@
+"""The README's two leading commands are the product's front door: keep them true."""
+
+import re
+
+from conftest import REPO
+
+
+def _commands() -> list[str]:
+    readme = (REPO / "README.md").read_text()
+    return re.findall(r"```bash\n(.*?)\n```", readme, flags=re.S)
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    test_command = _commands()[1].strip().splitlines()[-1]
+    ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert test_command in ci_lines, f"README test command {test_command!r} is not what .ci/run runs"
+
+
+def test_first_command_installs_and_runs_an_example_that_exists():
+    first = _commands()[0]
+    assert "python3 -m venv .venv" in first and "pip install" in first
+    spec = re.search(r"graft run (\S+\.yaml)", first).group(1)
+    assert (REPO / spec).is_file()
