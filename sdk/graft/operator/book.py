@@ -1,0 +1,61 @@
+"""The one writer of FineTuneJob.status inside the operator.
+
+Several watch handlers (FineTuneJob, child job, pods, log follower) report facts about the same
+job concurrently. Each fact is merged into the last status this process wrote (or the status
+the FineTuneJob watch last showed), under a per-job lock, and only real changes are patched;
+so handlers never overwrite each other's conditions and replays write nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from graft.operator import status as st
+from graft.operator.kube import Kube
+
+
+@dataclass(frozen=True)
+class JobKey:
+    namespace: str
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class Transition:
+    old_phase: str | None
+    new_phase: str | None
+
+
+class StatusBook:
+    def __init__(self, kube: Kube):
+        self.kube = kube
+        self._written: dict[str, dict[str, Any]] = {}
+        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+
+    def apply(self, key: JobKey, seen: dict[str, Any] | None, update: dict[str, Any],
+              patch: dict[str, Any] | None = None) -> Transition | None:
+        """Merge `update` into the job's status; the phase transition if the phase changed.
+
+        Handlers of the FineTuneJob itself pass kopf's `patch`, so the status lands in the same
+        write as kopf's own bookkeeping; handlers of other objects write it directly.
+        """
+        with self._locks[key.uid]:
+            current = self._written.get(key.uid, seen or {})
+            merged = st.merge(current, update)
+            if merged is None:
+                return None
+            if patch is None:
+                self.kube.patch_status(key.namespace, key.name, merged)
+            else:
+                patch["status"] = merged
+            self._written[key.uid] = merged
+        old, new = current.get("phase"), merged.get("phase")
+        return Transition(old, new) if old != new else None
+
+    def forget(self, uid: str) -> None:
+        self._written.pop(uid, None)
+        self._locks.pop(uid, None)

@@ -1,0 +1,143 @@
+"""The operator's few API calls, through the kubernetes client: create-or-verify children,
+patch status, list pods, follow a log, post Events. One place, so the RBAC rules in rbac.py
+can list exactly these verbs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from graft.operator.reconcile import JOB_LABEL, owned_by
+from graft.operator.status import now
+
+log = logging.getLogger("graft.operator")
+
+# apiVersion/kind -> plural of every kind the operator touches besides core ones.
+FINETUNEJOB = ("graft.dev", "v1alpha1", "finetunejobs")
+CHILD_RESOURCES = {
+    "PyTorchJob": ("kubeflow.org", "v1", "pytorchjobs"),
+    "RayJob": ("ray.io", "v1", "rayjobs"),
+    "TrainJob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs"),
+}
+
+
+class ChildConflict(RuntimeError):
+    """A child's name is taken by an object this FineTuneJob does not own."""
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient):
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    @classmethod
+    def from_environment(cls) -> Kube:
+        """In-cluster service account when there is one, else the current kubeconfig."""
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        return cls(client.ApiClient())
+
+    def create_or_verify(self, obj: dict[str, Any], owner: dict[str, Any]) -> bool:
+        """Create `obj`; on 409 accept the existing one only if `owner` owns it.
+
+        Returns True when created now, False when it already existed (a re-run handler, or a
+        restarted operator), so a second child can never appear.
+        """
+        try:
+            self._create(obj)
+            return True
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        existing = self._read(obj)
+        if not owned_by(existing, owner):
+            meta = obj["metadata"]
+            raise ChildConflict(
+                f"{obj['kind']} {meta['namespace']}/{meta['name']} already exists and is not "
+                f"owned by this FineTuneJob; delete it or rename the FineTuneJob"
+            )
+        return False
+
+    def _create(self, obj: dict[str, Any]) -> None:
+        namespace = obj["metadata"]["namespace"]
+        if obj["kind"] == "ConfigMap":
+            self.core.create_namespaced_config_map(namespace, obj)
+        else:
+            group, version, plural = CHILD_RESOURCES[obj["kind"]]
+            self.custom.create_namespaced_custom_object(group, version, namespace, plural, obj)
+
+    def _read(self, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        if obj["kind"] == "ConfigMap":
+            found = self.core.read_namespaced_config_map(meta["name"], meta["namespace"])
+            return self.core.api_client.sanitize_for_serialization(found)
+        group, version, plural = CHILD_RESOURCES[obj["kind"]]
+        return self.custom.get_namespaced_custom_object(
+            group, version, meta["namespace"], plural, meta["name"]
+        )
+
+    def patch_child(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        group, version, plural = CHILD_RESOURCES[kind]
+        self.custom.patch_namespaced_custom_object(group, version, namespace, plural, name, patch)
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        group, version, plural = FINETUNEJOB
+        self.custom.patch_namespaced_custom_object_status(
+            group, version, namespace, plural, name, {"status": status}
+        )
+
+    def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        # Raw JSON: the pod models' client-side validation and conversion buy nothing here.
+        response = self.core.list_namespaced_pod(
+            namespace, label_selector=f"{JOB_LABEL}={job}", _preload_content=False
+        )
+        pods = json.loads(response.data)["items"]
+        return [p for p in pods if (p["metadata"].get("labels") or {}).get(JOB_LABEL) == job]
+
+    def follow_log(self, namespace: str, pod: str, container: str | None) -> Iterator[str]:
+        """Log lines as the container writes them, until it exits."""
+        response = self.core.read_namespaced_pod_log(
+            pod, namespace, container=container, follow=True, _preload_content=False
+        )
+        try:
+            for raw in response.stream(decode_content=True):
+                yield from raw.decode(errors="replace").splitlines()
+        finally:
+            response.release_conn()
+
+    def event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A Kubernetes Event on the FineTuneJob. Never fails the caller: events are advisory."""
+        meta = body["metadata"]
+        stamp = now()
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion", "graft.dev/v1alpha1"),
+                "kind": body.get("kind", "FineTuneJob"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "graft-operator"},
+            "reportingComponent": "graft-operator",
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], event)
+        except ApiException as exc:
+            log.warning("could not post event %s on %s: %s", reason, meta["name"], exc.reason)
