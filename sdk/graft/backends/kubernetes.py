@@ -1,0 +1,402 @@
+"""Kubernetes backend: a FineTuneJob becomes [ConfigMap `<name>-spec`, PyTorchJob | TrainJob |
+RayJob] created with the official client; everything after that is read back from the cluster.
+
+`wait` and `logs(follow=True)` are driven by WATCH streams (list once, watch from its
+resourceVersion, reconnect when a stream ends, relist on 410 Gone), never by polling.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import urllib3
+import yaml
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+
+from graft.backends.base import JobExists, JobNotFound, WaitTimeout
+from graft.operator.reconcile import suspend_patch
+from graft.operator.status import from_child
+from graft.operator.why import explain_pending
+from graft.render import JOB_LABEL, render
+from graft.spec import FineTuneJob
+from graft.types import TERMINAL_PHASES, JobRef, JobStatus, Phase
+
+# target -> (group, version, plural, kind)
+CHILD_KINDS = {
+    "pytorchjob": ("kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"),
+    "trainjob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"),
+    "rayjob": ("ray.io", "v1", "rayjobs", "RayJob"),
+}
+SPEC_KEY = "spec.yaml"
+WATCH_SERVER_TIMEOUT_S = 300  # the server ends each watch after this; we reconnect
+STOP_CHECK_S = 5.0
+
+
+class KubernetesBackend:
+    """Talks to the cluster of the current kubeconfig context (or in-cluster config)."""
+
+    def __init__(
+        self,
+        namespace: str | None = None,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        api_client: client.ApiClient | None = None,
+    ):
+        if api_client is None:
+            # Read KUBECONFIG now: the client library reads it once, when it is first imported.
+            kubeconfig = kubeconfig or os.environ.get("KUBECONFIG")
+            try:
+                api_client = config.new_client_from_config(config_file=kubeconfig, context=context)
+                _, active = config.list_kube_config_contexts(config_file=kubeconfig)
+                namespace = namespace or active.get("context", {}).get("namespace")
+            except config.ConfigException as no_kubeconfig:
+                try:
+                    config.load_incluster_config()
+                except config.ConfigException:
+                    raise RuntimeError(
+                        f"no cluster to talk to: {no_kubeconfig}; set KUBECONFIG or pass --context"
+                    ) from None
+                api_client = client.ApiClient()
+        self.api = api_client
+        self.namespace = namespace or "default"
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self._targets: dict[str, str] = {}
+
+    # -- submit ---------------------------------------------------------------------------
+    def submit(self, job: FineTuneJob) -> JobRef:
+        """Render (pure, may raise) before the first API call, so bad input creates nothing;
+        if the job object is refused, the ConfigMap created just before is removed again."""
+        namespace = job.metadata.namespace or self.namespace
+        configmap, child = render(job, job.spec.backend)
+        for obj in (configmap, child):
+            obj["metadata"]["namespace"] = namespace
+        group, version, plural, kind = CHILD_KINDS[job.spec.backend]
+        try:
+            self.core.create_namespaced_config_map(namespace, configmap)
+        except ApiException as exc:
+            raise _api_error(exc, f"ConfigMap {configmap['metadata']['name']}") from None
+        try:
+            self.custom.create_namespaced_custom_object(group, version, namespace, plural, child)
+        except ApiException as exc:
+            self.core.delete_namespaced_config_map(configmap["metadata"]["name"], namespace)
+            raise _api_error(exc, f"{kind} {job.metadata.name}") from None
+        self._targets[job.metadata.name] = job.spec.backend
+        return JobRef(name=job.metadata.name, backend="kubernetes", namespace=namespace, kind=kind)
+
+    # -- reading --------------------------------------------------------------------------
+    def _target(self, name: str) -> str:
+        """Which child kind a job is, read from the spec Graft stored beside it."""
+        if name not in self._targets:
+            try:
+                cm = self.core.read_namespaced_config_map(f"{name}-spec", self.namespace)
+            except ApiException as exc:
+                raise _api_error(exc, f"job {name}") from None
+            document = yaml.safe_load((cm.data or {}).get(SPEC_KEY) or "{}") or {}
+            self._targets[name] = (document.get("spec") or {}).get("backend", "pytorchjob")
+        return self._targets[name]
+
+    def _child(self, name: str) -> dict[str, Any]:
+        group, version, plural, kind = CHILD_KINDS[self._target(name)]
+        try:
+            return self.custom.get_namespaced_custom_object(group, version, self.namespace, plural, name)
+        except ApiException as exc:
+            raise _api_error(exc, f"{kind} {name}") from None
+
+    def get(self, name: str) -> JobStatus:
+        return _status(self._child(name))
+
+    def list(self) -> list[JobStatus]:
+        found = []
+        for group, version, plural, _ in CHILD_KINDS.values():
+            try:
+                listing = self.custom.list_namespaced_custom_object(
+                    group, version, self.namespace, plural, label_selector=JOB_LABEL
+                )
+            except ApiException as exc:
+                if exc.status == 404:  # that operator's CRD is not installed
+                    continue
+                raise
+            found += [_status(obj) for obj in listing.get("items", []) if _labelled(obj)]
+        return sorted(found, key=lambda s: s.name)
+
+    def wait(
+        self, name: str, until: tuple[Phase, ...] = TERMINAL_PHASES, timeout: float | None = None
+    ) -> JobStatus:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        group, version, plural, kind = CHILD_KINDS[self._target(name)]
+        events = self._watch(
+            self.custom.list_namespaced_custom_object, group, version, self.namespace, plural,
+            field_selector=f"metadata.name={name}", deadline=deadline,
+        )
+        try:
+            for event, objects in events:
+                mine = [o for o in objects if o["metadata"]["name"] == name]
+                if event == "DELETED" and mine:
+                    raise JobNotFound(f"{kind} {name} was deleted while waiting")
+                if event == "LIST" and not mine:
+                    raise JobNotFound(f"{kind} {name} not found in namespace {self.namespace}")
+                for obj in mine:
+                    status = _status(obj)
+                    if status.phase in until:
+                        return status
+        except WaitTimeout:
+            raise WaitTimeout(f"{kind} {name} did not reach {' or '.join(until)} within {timeout}s") from None
+        raise AssertionError("unreachable: _watch only ends by raising")
+
+    def _watch(
+        self, list_call: Callable, *args: Any, deadline: float | None,
+        stop: threading.Event | None = None, **kwargs: Any,
+    ) -> Iterator[tuple[str, list[dict]]]:
+        """("LIST", all objects) once, then (event type, [object]) from a watch; the stream is
+        reopened from the last resourceVersion when it ends, and relisted after 410 Gone.
+        Raises WaitTimeout at the deadline; returns soon after `stop` is set (a blocked read
+        cannot be interrupted, so reads then time out every STOP_CHECK_S to look at it)."""
+        while True:
+            listing = self.api.sanitize_for_serialization(list_call(*args, **kwargs))
+            resource_version = listing.get("metadata", {}).get("resourceVersion")
+            yield "LIST", listing.get("items") or []
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if stop is not None:
+                    if stop.is_set():
+                        return
+                    remaining = STOP_CHECK_S
+                elif remaining is not None and remaining <= 0:
+                    raise WaitTimeout("timed out")
+                try:
+                    stream = watch.Watch().stream(
+                        list_call, *args, **kwargs, resource_version=resource_version,
+                        allow_watch_bookmarks=True,
+                        timeout_seconds=int(min(remaining or WATCH_SERVER_TIMEOUT_S, WATCH_SERVER_TIMEOUT_S)) + 1,
+                        _request_timeout=(10, remaining) if remaining else None,
+                    )
+                    for event in stream:
+                        obj = event["raw_object"]
+                        resource_version = obj.get("metadata", {}).get("resourceVersion") or resource_version
+                        if event["type"] != "BOOKMARK":
+                            yield event["type"], [obj]
+                except ApiException as exc:
+                    if exc.status == 410:  # our resourceVersion is too old: list again
+                        break
+                    raise
+                except urllib3.exceptions.HTTPError:
+                    continue  # read timeout or dropped connection: the deadline check decides
+
+    def _pods(self, name: str) -> list[dict]:
+        listing = self.core.list_namespaced_pod(self.namespace, label_selector=f"{JOB_LABEL}={name}")
+        pods = self.api.sanitize_for_serialization(listing)["items"]
+        return sorted((p for p in pods if _labelled(p, name)), key=lambda p: p["metadata"]["name"])
+
+    def logs(self, name: str, follow: bool = False) -> Iterator[str]:
+        """Every pod's log, each line prefixed `[<pod>]`; with follow, pods that start later
+        join the stream, and it ends once the job has finished and every stream is drained."""
+        self._child(name)  # raises JobNotFound
+        if not follow:
+            for pod in self._pods(name):
+                pod_name = pod["metadata"]["name"]
+                if (pod.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed"):
+                    text = self.core.read_namespaced_pod_log(pod_name, self.namespace)
+                    for line in text.splitlines():
+                        yield f"[{pod_name}] {line}"
+            return
+        yield from _LogFollower(self, name).lines()
+
+    def events(self, name: str) -> list[str]:
+        """Events of the job, its spec ConfigMap and its pods, oldest first."""
+        return [_event_line(e) for e in self._event_dicts(name)]
+
+    def _event_dicts(self, name: str) -> list[dict]:
+        listing = self.api.sanitize_for_serialization(self.core.list_namespaced_event(self.namespace))
+        mine = [e for e in listing.get("items", []) if _concerns(e, name)]
+        return sorted(mine, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+
+    # -- changing -------------------------------------------------------------------------
+    def delete(self, name: str) -> None:
+        group, version, plural, kind = CHILD_KINDS[self._target(name)]
+        try:
+            self.custom.delete_namespaced_custom_object(
+                group, version, self.namespace, plural, name, propagation_policy="Background"
+            )
+        except ApiException as exc:
+            raise _api_error(exc, f"{kind} {name}") from None
+        try:
+            self.core.delete_namespaced_config_map(f"{name}-spec", self.namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        self._targets.pop(name, None)
+
+    def _patch_suspend(self, name: str, suspend: bool) -> None:
+        target = self._target(name)
+        group, version, plural, kind = CHILD_KINDS[target]
+        try:
+            self.custom.patch_namespaced_custom_object(
+                group, version, self.namespace, plural, name, suspend_patch(target, suspend)
+            )
+        except ApiException as exc:
+            raise _api_error(exc, f"{kind} {name}") from None
+
+    def suspend(self, name: str) -> None:
+        self._patch_suspend(name, True)
+
+    def resume(self, name: str) -> None:
+        self._patch_suspend(name, False)
+
+    def why(self, name: str) -> str:
+        status = self.get(name)
+        kind = CHILD_KINDS[self._target(name)][3]
+        subject = f"{kind} {self.namespace}/{name}"
+        if status.phase == "Succeeded":
+            return f"{subject} succeeded; nothing is wrong."
+        if status.phase == "Suspended":
+            return f"{subject} is suspended, so no pods run; `graft resume {name}` starts it again."
+        pods, events = self._pods(name), self._event_dicts(name)
+        stuck = explain_pending(pods, events)
+        job_warnings = [
+            f"{e.get('reason')}: {(e.get('message') or '').strip()}"
+            for e in events
+            if e.get("type") == "Warning" and (e.get("involvedObject") or {}).get("name") == name
+        ]
+        parts = [f"{subject} is {status.phase}" + (f" ({status.message})" if status.message else "") + "."]
+        if status.phase == "Failed":
+            parts += [_pod_failure(p) for p in pods if _pod_failure(p)]
+        if stuck:
+            parts.append(f"Its pods cannot start: {stuck}.")
+        if job_warnings:
+            parts.append("The job reports: " + "; ".join(job_warnings) + ".")
+            if any("exceeded quota" in w for w in job_warnings):
+                parts.append("A ResourceQuota in the namespace refuses the pods: lower "
+                             "spec.resources (cpu, memory, gpusPerNode) or raise the quota.")
+        if status.phase == "Pending" and not pods and not job_warnings:
+            parts.append(f"No pods exist yet and nothing reported a problem: check that the "
+                         f"{kind} operator is installed and running.")
+        if status.phase == "Running" and not stuck:
+            running = sum((p.get("status") or {}).get("phase") == "Running" for p in pods)
+            parts.append(f"{running} of {len(pods)} pods are running.")
+        return " ".join(parts)
+
+
+class _LogFollower:
+    """Merges the follow-streams of a job's pods: a pod watch starts a reader per pod once its
+    container has started, and a job watch says when no more pods will come."""
+
+    def __init__(self, backend: KubernetesBackend, name: str):
+        self.backend, self.name = backend, name
+        self.lines_q: queue.Queue[str | None] = queue.Queue()
+        self.started: set[str] = set()
+        self.readers: list[threading.Thread] = []
+        self.job_done = threading.Event()
+        self.lock = threading.Lock()
+
+    def lines(self) -> Iterator[str]:
+        for target in (self._watch_pods, self._watch_job):
+            threading.Thread(target=target, daemon=True).start()
+        while True:
+            try:
+                line = self.lines_q.get(timeout=0.5)
+            except queue.Empty:
+                line = None
+            if line is not None:
+                yield line
+            elif self.job_done.is_set() and self._readers_done():
+                while not self.lines_q.empty():
+                    queued = self.lines_q.get()
+                    if queued is not None:
+                        yield queued
+                return
+
+    def _readers_done(self) -> bool:
+        with self.lock:
+            return all(not r.is_alive() for r in self.readers)
+
+    def _watch_pods(self) -> None:
+        b = self.backend
+        for _, pods in b._watch(b.core.list_namespaced_pod, b.namespace, deadline=None,
+                                stop=self.job_done, label_selector=f"{JOB_LABEL}={self.name}"):
+            for pod in pods:
+                pod_name = pod["metadata"]["name"]
+                phase = (pod.get("status") or {}).get("phase")
+                if _labelled(pod, self.name) and phase in ("Running", "Succeeded", "Failed"):
+                    self._start_reader(pod_name)
+
+    def _start_reader(self, pod_name: str) -> None:
+        with self.lock:
+            if pod_name in self.started:
+                return
+            self.started.add(pod_name)
+            reader = threading.Thread(target=self._read, args=(pod_name,), daemon=True)
+            self.readers.append(reader)
+            reader.start()
+
+    def _read(self, pod_name: str) -> None:
+        b = self.backend
+        try:
+            for line in watch.Watch().stream(b.core.read_namespaced_pod_log, pod_name, b.namespace):
+                self.lines_q.put(f"[{pod_name}] {line}")
+        except (ApiException, urllib3.exceptions.HTTPError) as exc:
+            self.lines_q.put(f"[{pod_name}] (log stream ended: {exc})")
+
+    def _watch_job(self) -> None:
+        try:
+            self.backend.wait(self.name)
+        finally:
+            self.job_done.set()
+            self.lines_q.put(None)  # wake the consumer
+
+
+def _status(child: dict[str, Any]) -> JobStatus:
+    mapped = from_child(child)
+    true_conditions = [c for c in mapped.get("conditions", []) if c.get("status") == "True"]
+    return JobStatus(
+        name=child["metadata"]["name"],
+        phase=mapped["phase"],
+        message=(true_conditions[-1].get("message", "") if true_conditions else ""),
+        start_time=mapped.get("startTime"),
+        completion_time=mapped.get("completionTime"),
+    )
+
+
+def _labelled(obj: dict, name: str | None = None) -> bool:
+    """Selectors are applied by the API server; checked again here so a server (or emulator)
+    that ignores them cannot mix other jobs' objects in."""
+    value = (obj.get("metadata", {}).get("labels") or {}).get(JOB_LABEL)
+    return value is not None and (name is None or value == name)
+
+
+def _concerns(event: dict, name: str) -> bool:
+    involved = (event.get("involvedObject") or {}).get("name") or ""
+    return involved == name or involved.startswith(f"{name}-")
+
+
+def _event_line(event: dict) -> str:
+    involved = event.get("involvedObject") or {}
+    when = event.get("lastTimestamp") or event.get("eventTime") or ""
+    return (f"{when} {event.get('type', '')} {event.get('reason', '')} "
+            f"{involved.get('kind', '').lower()}/{involved.get('name', '')}: "
+            f"{(event.get('message') or '').strip()}").strip()
+
+
+def _pod_failure(pod: dict) -> str:
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if terminated.get("exitCode"):
+            reason = terminated.get("reason") or "Error"
+            return (f"Pod {pod['metadata']['name']} exited with code {terminated['exitCode']} "
+                    f"({reason}); `graft logs {pod['metadata'].get('labels', {}).get(JOB_LABEL, '')}` "
+                    f"shows why.")
+    return ""
+
+
+def _api_error(exc: ApiException, what: str) -> Exception:
+    if exc.status == 404:
+        return JobNotFound(f"{what} not found")
+    if exc.status == 409:
+        return JobExists(f"{what} already exists; delete it first or pick another metadata.name")
+    return RuntimeError(f"the API server refused {what}: {exc.status} {exc.reason}: {exc.body}")
