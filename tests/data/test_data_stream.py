@@ -1,0 +1,153 @@
+"""One rank, real DataLoader workers: epochs cover every sample once, resume continues exactly,
+every supported format reads, bad samples are skipped up to the limit and then fail the job."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from shardgen import png_bytes, text_stream, to_tensor, write_text_shards
+
+from graft_trainer.streaming import (BadDataError, Decoder, Piece, Stream, batches_for, discover,
+                                     plan_rank, round_robin_position, task_positions)
+
+
+def epoch_ids(stream, epoch, start=0):
+    return [ids for ids in stream.loader(epoch, start)]
+
+
+def test_epoch_covers_every_sample_once_and_reshuffles_per_epoch(text_shards):
+    stream = text_stream(str(text_shards), workers=2, batch_size=8)
+    first, second = epoch_ids(stream, 0), epoch_ids(stream, 1)
+    assert len(first) == len(second) == stream.batches_per_epoch == 13
+    assert sorted(i for b in first for i in b) == list(range(101))
+    assert sorted(i for b in second for i in b) == list(range(101))
+    assert first != second  # a new shard order and new windows every epoch
+    assert epoch_ids(stream, 0) == first  # the same seed and epoch give the same order
+
+
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_resume_mid_epoch_neither_repeats_nor_skips(text_shards, workers):
+    stream = text_stream(str(text_shards), workers=workers, batch_size=5)
+    full = epoch_ids(stream, 2)
+    for start in (1, 4, 11, len(full) - 1):
+        resumed = epoch_ids(stream, 2, start)
+        assert resumed == full[start:], f"resume at batch {start}"
+        assert len(stream.loader(2, start)) == len(full) - start
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 40), min_size=1, max_size=9), world=st.integers(1, 4),
+       workers=st.integers(1, 3), batch=st.integers(1, 9), epoch=st.integers(0, 3))
+def test_plan_splits_any_sharding_exactly_with_equal_batch_counts(sizes, world, workers, batch, epoch):
+    pieces = tuple(Piece(f"s{i}", 0, n) for i, n in enumerate(sizes))
+    if sum(sizes) // world < batches_for(sum(sizes), world, batch):
+        return  # a rank would hold fewer samples than batches: plan_rank refuses such a split
+    seen, counts = [], set()
+    for rank in range(world):
+        n_batches, tasks = plan_rank(pieces, seed=1, epoch=epoch, rank=rank, world_size=world,
+                                     batch_size=batch, workers=workers, start_batch=0, shuffle=True)
+        counts.add(sum(len(t.batch_sizes) for t in tasks))
+        for task in tasks:
+            flat = [(p.url, i) for p in task.pieces for i in range(p.start, p.stop)]
+            for positions in task_positions(task):
+                assert 1 <= len(positions) <= batch
+                seen += [flat[i] for i in positions]
+    assert len(counts) == 1  # every rank steps the same number of times: no DDP deadlock
+    assert sorted(seen) == sorted((f"s{i}", j) for i, n in enumerate(sizes) for j in range(n))
+
+
+def test_round_robin_position_follows_exhausted_workers():
+    assert round_robin_position([3, 1, 2], 4) == ([2, 1, 1], 1)  # worker 1 is done: skipped
+    assert round_robin_position([3, 1, 2], 5) == ([2, 1, 2], 0)
+
+
+def test_more_ranks_than_samples_is_refused(tmp_path):
+    stream = text_stream(str(write_text_shards(tmp_path / "s", [2])), world_size=3, rank=2)
+    with pytest.raises(ValueError, match="cannot feed 3 ranks"):
+        list(stream.loader(0))
+
+
+def _rows(n):
+    return [{"text": f"sample-{i}", "label": i % 3} for i in range(n)]
+
+
+def test_jsonl_csv_parquet_hf_and_indexless_shards_stream_every_row(tmp_path, text_shards):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "jsonl").mkdir()
+    for part, rows in enumerate((_rows(30)[:17], _rows(30)[17:])):
+        (tmp_path / "jsonl" / f"part-{part}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "rows.csv").write_text("text,label\n" + "".join(f"sample-{i},{i % 3}\n" for i in range(30)))
+    pq.write_table(pa.Table.from_pylist(_rows(30)), tmp_path / "rows.parquet", row_group_size=7)
+    datasets.Dataset.from_list(_rows(30)).save_to_disk(str(tmp_path / "hf"))
+    cases = {
+        "jsonl": str(tmp_path / "jsonl"),
+        "csv": f"file://{tmp_path}/rows.csv",
+        "parquet": str(tmp_path / "rows.parquet"),
+        "hf-disk": str(tmp_path / "hf"),
+        "webdataset": f"file://{text_shards}/shards-{{000000..000006}}.tar",  # no index: counted
+    }
+    for fmt, location in cases.items():
+        total = 101 if fmt == "webdataset" else 30
+        for rank in range(2):
+            stream = text_stream(location, fmt=fmt, rank=rank, world_size=2, workers=2, batch_size=4)
+            assert stream.num_samples == total, fmt
+        ids = [i for r in range(2) for b in text_stream(location, fmt=fmt, rank=r, world_size=2, workers=2,
+                                                       batch_size=4).loader(0) for i in b]
+        assert sorted(ids) == list(range(total)), fmt
+
+
+def _image_shards(tmp_path, corrupt_keys):
+    import webdataset as wds
+
+    root = tmp_path / "img"
+    root.mkdir()
+    with wds.TarWriter(str(root / "shards-000000.tar")) as sink:
+        for i in range(10):
+            image = png_bytes(i)
+            if f"{i:04d}" in corrupt_keys:
+                image = image[: len(image) // 2]  # a truncated PNG, as a broken upload leaves it
+            sink.write({"__key__": f"{i:04d}", "png": image, "cls": str(i % 2)})
+    return root
+
+
+def _image_stream(root, max_bad):
+    source = discover(str(root), "webdataset")
+    decoder = Decoder("image-classification", "text", "label", "image", ("a", "b"), to_tensor)
+    return Stream(source.kind, source.pieces, ["a", "b"], 4, 0, 0, 1, 2, True, decoder,
+                  lambda xs, ys: (torch.stack(xs), torch.tensor(ys)), max_bad)
+
+
+def test_corrupt_images_are_skipped_and_logged_with_shard_and_key(tmp_path, caplog):
+    root = _image_shards(tmp_path, {"0003", "0007"})
+    with caplog.at_level(logging.WARNING, logger="graft.streaming"):
+        batches = list(_image_stream(root, max_bad=2).loader(0))
+    assert sum(len(labels) for _, labels in batches) == 8
+    assert all(images.shape[1:] == (3, 8, 8) for images, _ in batches)
+    logged = caplog.text
+    assert "shards-000000.tar key 0003" in logged and "shards-000000.tar key 0007" in logged
+
+
+def test_more_bad_samples_than_the_limit_fail_with_the_list(tmp_path):
+    root = _image_shards(tmp_path, {"0003", "0007"})
+    with pytest.raises(BadDataError) as failure:
+        list(_image_stream(root, max_bad=1).loader(0))
+    assert sorted(b["key"] for b in failure.value.bad) == ["0003", "0007"]
+    assert "maxBadSamples=1" in str(failure.value)
+
+
+def test_malformed_jsonl_row_is_counted_as_bad(tmp_path):
+    lines = [json.dumps(r) for r in _rows(8)]
+    lines[5] = '{"text": "sample-5", "label": '  # cut off mid-row
+    (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n")
+    stream = text_stream(str(tmp_path / "rows.jsonl"), fmt="jsonl", max_bad=1)
+    ids = [i for b in stream.loader(0) for i in b]
+    assert sorted(ids) == [0, 1, 2, 3, 4, 6, 7]
+    assert list(stream.bad) == [(str(tmp_path / "rows.jsonl"), "5")]

@@ -1,0 +1,604 @@
+"""Stream sharded data to many ranks without downloading it first (`spec.data.streaming`).
+
+Why it is built this way:
+- Every epoch is a *plan* computed from sample counts (an `index.json` written by
+  `graft data pack`, or counted once at start-up): the shard order is reshuffled with
+  (seed, epoch); the shuffled sample sequence is cut into one contiguous range per rank, so an
+  epoch covers every sample exactly once across ranks; each rank cuts its range into the SAME
+  number of batches as every other rank (sizes differ by at most one sample), so DDP never
+  waits at epoch end on a rank that ran out; each dataloader worker reads one contiguous block
+  of those batches, i.e. its own shards (only a boundary shard is shared, each side reading its
+  own samples).
+- Resume is a position, not a replay: `loader(epoch, start_batch)` recomputes the plan, works
+  out how many batches each worker had delivered (the DataLoader hands batches out round-robin)
+  and seeks every worker straight to its next sample. Skipping never decodes.
+- Shuffling inside a worker uses fixed windows of consecutive samples, so a position inside
+  the stream maps to a window and an offset without reading what came before.
+- Decoding and augmentation run inside the DataLoader workers; bad samples travel back beside
+  the batch so the main process counts them, logs shard and key, and fails past the limit.
+
+Locations are fsspec URLs: local paths, file://, and s3:// or gs:// when s3fs/gcsfs is
+installed. Cloud credentials come from the environment: put them in a Kubernetes Secret and
+expose them with `spec.kubernetes.env[].secretKeyRef` (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for S3-compatible stores incl. GCS HMAC keys), or use
+a workload identity through `spec.kubernetes.serviceAccount`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import islice
+from typing import Any, Callable, Iterator
+
+import fsspec
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from graft.spec import FineTuneJob, SpecError
+from graft_trainer.builtin import resolve
+
+log = logging.getLogger("graft.streaming")
+
+SHUFFLE_WINDOW = 256  # samples held (undecoded) per worker to shuffle inside a shard range
+HF_BLOCK = 1000  # rows per virtual shard of a Hugging Face dataset saved to disk
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff")
+ROW_FORMATS = {"jsonl": "jsonl", "csv": "csv", "parquet": "parquet"}
+SHARD_SUFFIX = {"webdataset": ".tar", "jsonl": ".jsonl", "csv": ".csv", "parquet": ".parquet"}
+
+
+class BadDataError(RuntimeError):
+    """More corrupt samples than `spec.data.maxBadSamples`; carries the full list."""
+
+    def __init__(self, bad: list[dict], limit: int, why: str = ""):
+        self.bad = bad
+        lines = "\n".join(f"  - shard {b['shard']} key {b['key']}: {b['error']}" for b in bad)
+        why = why or f"{len(bad)} bad samples exceed data.maxBadSamples={limit}"
+        super().__init__(f"{why}:\n{lines}")
+
+
+# ---------------------------------------------------------------- what a location holds
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A contiguous run of samples [start, stop) of one shard (a file, or rows of a dataset)."""
+
+    url: str
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "tar" | "jsonl" | "csv" | "parquet" | "hf"
+    pieces: tuple[Piece, ...]
+    classes: tuple[str, ...] | None
+
+
+@lru_cache(maxsize=16)  # train and validation streams share the train location's discovery
+def discover(location: str, data_format: str, label_field: str = "label") -> Source:
+    """Resolve a location (dir with index.json, index.json, brace pattern, glob, file) to shards."""
+    if data_format == "imagefolder":
+        raise SpecError([
+            "spec.data.streaming: an ImageFolder is one file per image; pack it into shards "
+            "first (`graft data pack SRC DST --shard-size 1GB`) and set format: webdataset"
+        ])
+    location = resolve(location)
+    if data_format == "hf-disk":
+        return _discover_hf(location, label_field)
+    kind = "tar" if data_format == "webdataset" else ROW_FORMATS[data_format]
+    fs, _, _ = fsspec.get_fs_token_paths(location)
+    index_url = _index_url(fs, location)
+    if index_url is not None:
+        with fsspec.open(index_url, "r") as f:
+            index = json.load(f)
+        base = index_url.rsplit("/", 1)[0]
+        pieces = tuple(Piece(f"{base}/{s['name']}", 0, int(s["count"])) for s in index["shards"])
+        return Source(kind, pieces, tuple(index["classes"]) if index.get("classes") else None)
+    urls = _expand(fs, location, SHARD_SUFFIX[data_format])
+    if not urls:
+        raise FileNotFoundError(f"no {data_format} shards found at {location}")
+    return Source(kind, tuple(Piece(u, 0, _count(kind, u)) for u in urls), None)
+
+
+def _index_url(fs, location: str) -> str | None:
+    if location.endswith("index.json"):
+        return location
+    candidate = location.rstrip("/") + "/index.json"
+    if fs.isdir(_strip(location)) and fs.exists(_strip(candidate)):
+        return candidate
+    return None
+
+
+def _strip(url: str) -> str:
+    return fsspec.core.strip_protocol(url)
+
+
+def _expand(fs, location: str, suffix: str) -> list[str]:
+    import braceexpand  # ships with webdataset; `shards-{000000..000099}.tar` is its syntax
+
+    protocol = location.split("://", 1)[0] + "://" if "://" in location else ""
+    urls: list[str] = []
+    for pattern in braceexpand.braceexpand(location):
+        path = _strip(pattern)
+        if fs.isdir(path):
+            found = [p for p in fs.ls(path, detail=False) if p.endswith(suffix)]
+        elif any(c in path for c in "*?["):
+            found = fs.glob(path)
+        else:
+            found = [path]
+        urls += [protocol + p if protocol else p for p in sorted(found)]
+    return urls
+
+
+def _count(kind: str, url: str) -> int:
+    """Sample count of a shard without an index: headers only (tar), metadata (parquet)."""
+    with fsspec.open(url, "rb") as f:
+        if kind == "tar":
+            import tarfile
+
+            from webdataset.tariterators import base_plus_ext
+
+            keys = {base_plus_ext(m.name)[0] for m in tarfile.open(fileobj=f, mode="r:") if m.isreg()}
+            return len(keys - {None})
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(f).metadata.num_rows
+        lines = sum(1 for line in f if line.strip())
+        return lines - 1 if kind == "csv" else lines
+
+
+def _discover_hf(location: str, label_field: str) -> Source:
+    dataset = _hf_dataset(location)
+    n = len(dataset)
+    pieces = tuple(Piece(location, a, min(a + HF_BLOCK, n)) for a in range(0, n, HF_BLOCK))
+    names = getattr(dataset.features.get(label_field), "names", None)
+    return Source("hf", pieces, tuple(names) if names else None)
+
+
+@lru_cache(maxsize=4)
+def _hf_dataset(location: str):
+    """A dataset saved with `save_to_disk`: memory-mapped Arrow, read row ranges lazily."""
+    import datasets
+
+    loaded = datasets.load_from_disk(location)
+    if isinstance(loaded, datasets.DatasetDict):
+        loaded = loaded["train"]
+    return loaded
+
+
+# ---------------------------------------------------------------- the epoch plan (pure)
+
+
+def holdout(pieces: tuple[Piece, ...], fraction: float) -> tuple[tuple[Piece, ...], tuple[Piece, ...]]:
+    """Split off the last `fraction` of samples (in shard-name order) for validation.
+
+    `graft data pack` shuffles before writing, so this tail is a random subset."""
+    total = sum(p.size for p in pieces)
+    cut = round(total * (1 - fraction))
+    return take(pieces, 0, cut), take(pieces, cut, total)
+
+
+def take(pieces: tuple[Piece, ...] | list[Piece], lo: int, hi: int) -> tuple[Piece, ...]:
+    """The pieces covering sample positions [lo, hi) of the concatenated sequence."""
+    out, offset = [], 0
+    for p in pieces:
+        a, b = max(lo, offset), min(hi, offset + p.size)
+        if a < b:
+            out.append(Piece(p.url, p.start + a - offset, p.start + b - offset))
+        offset += p.size
+    return tuple(out)
+
+
+def epoch_order(pieces: tuple[Piece, ...], seed: int, epoch: int, shuffle: bool) -> list[Piece]:
+    order = list(pieces)
+    if shuffle:
+        random.Random(f"graft-shards:{seed}:{epoch}").shuffle(order)
+    return order
+
+
+def split_evenly(n: int, parts: int, index: int) -> tuple[int, int]:
+    """[lo, hi) of part `index` when n items are cut into `parts` runs differing by ≤ 1."""
+    return index * n // parts, (index + 1) * n // parts
+
+
+def batches_for(total: int, world_size: int, batch_size: int) -> int:
+    """Batches every rank yields per epoch: the same on all ranks, so none waits at epoch end."""
+    largest_rank = -(-total // world_size)
+    return -(-largest_rank // batch_size)
+
+
+def round_robin_position(counts: list[int], consumed_total: int) -> tuple[list[int], int]:
+    """How many batches each worker had delivered after `consumed_total`, and who is next.
+
+    Mirrors the DataLoader: workers take turns, an exhausted worker drops out of the turn."""
+    done, turn = [0] * len(counts), 0
+    for _ in range(consumed_total):
+        while done[turn] >= counts[turn]:
+            turn = (turn + 1) % len(counts)
+        done[turn] += 1
+        turn = (turn + 1) % len(counts)
+    return done, turn
+
+
+@dataclass(frozen=True)
+class WorkerTask:
+    """What one dataloader worker yields this epoch: batches cut from a run of samples."""
+
+    pieces: tuple[Piece, ...]
+    batch_sizes: tuple[int, ...]
+    first_batch: int  # batches of this task already delivered before the resume point
+    window_seed: str | None  # None: keep stream order (evaluation)
+
+
+def plan_rank(
+    source_pieces: tuple[Piece, ...], *, seed: int, epoch: int, rank: int, world_size: int,
+    batch_size: int, workers: int, start_batch: int, shuffle: bool,
+) -> tuple[int, list[WorkerTask]]:
+    """The batches of one rank for one epoch, as tasks for `workers` logical workers, rotated
+    so the DataLoader's round-robin resumes exactly where the interrupted run stood."""
+    total = sum(p.size for p in source_pieces)
+    if total < world_size:
+        raise ValueError(f"{total} samples cannot feed {world_size} ranks")
+    n_batches = batches_for(total, world_size, batch_size)
+    order = epoch_order(source_pieces, seed, epoch, shuffle)
+    lo, hi = split_evenly(total, world_size, rank)
+    n_rank = hi - lo
+    if n_rank < n_batches:  # only with batch size 1 and a total not divisible by the ranks
+        raise ValueError(
+            f"rank {rank} holds {n_rank} samples, fewer than the {n_batches} steps every rank "
+            "must take; raise training.batchSize or use a sample count divisible by the ranks"
+        )
+    sizes = [split_evenly(n_rank, n_batches, j)[1] - split_evenly(n_rank, n_batches, j)[0]
+             for j in range(n_batches)]
+    workers = max(1, min(workers, n_batches))
+    tasks, cursor = [], lo
+    for w in range(workers):
+        b0, b1 = split_evenly(n_batches, workers, w)
+        n = sum(sizes[b0:b1])
+        tasks.append((take(order, cursor, cursor + n), tuple(sizes[b0:b1]), cursor))
+        cursor += n
+    done, turn = round_robin_position([len(t[1]) for t in tasks], min(start_batch, n_batches))
+    rotated = [(turn + i) % workers for i in range(workers)]
+    return n_batches, [
+        WorkerTask(tasks[w][0], tasks[w][1], done[w],
+                   f"graft-window:{seed}:{epoch}:{tasks[w][2]}" if shuffle else None)
+        for w in rotated
+    ]
+
+
+def task_positions(task: WorkerTask) -> Iterator[list[int]]:
+    """Per remaining batch, the positions (within the task's run) of its samples, in order.
+
+    Windows of SHUFFLE_WINDOW consecutive samples are permuted with a seed; a resume point is
+    a window and an offset, so nothing before it is read."""
+    n = sum(task.batch_sizes)
+    start = sum(task.batch_sizes[: task.first_batch])
+
+    def permuted(window_start: int) -> list[int]:
+        window = list(range(window_start, min(window_start + SHUFFLE_WINDOW, n)))
+        if task.window_seed is not None:
+            random.Random(f"{task.window_seed}:{window_start}").shuffle(window)
+        return window
+
+    stream = (i for w in range(start - start % SHUFFLE_WINDOW, n, SHUFFLE_WINDOW)
+              for i in permuted(w))
+    stream = islice(stream, start % SHUFFLE_WINDOW, None)
+    for size in task.batch_sizes[task.first_batch:]:
+        yield list(islice(stream, size))
+
+
+# ---------------------------------------------------------------- reading raw records
+
+
+def read_piece(kind: str, piece: Piece) -> Iterator[tuple[str, Any]]:
+    """(key, raw record) for each sample of a piece; the samples before it are skipped by
+    seeking (tar headers, parquet row groups, arrow rows) or unparsed lines (jsonl/csv)."""
+    if kind == "hf":
+        dataset = _hf_dataset(piece.url)
+        for i in range(piece.start, piece.stop):
+            yield str(i), dataset[i]
+        return
+    with fsspec.open(piece.url, "rb") as f:
+        if kind == "tar":
+            yield from _read_tar(f, piece)
+        elif kind == "parquet":
+            yield from _read_parquet(f, piece)
+        else:
+            text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+            yield from _read_lines(kind, text, piece)
+
+
+def _read_tar(f, piece: Piece) -> Iterator[tuple[str, dict]]:
+    import tarfile
+
+    from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
+
+    if piece.start:
+        keys_seen, previous = 0, None
+        for member in tarfile.open(fileobj=f, mode="r:"):
+            key = base_plus_ext(member.name)[0]
+            if member.isreg() and key != previous:
+                if keys_seen == piece.start:
+                    f.seek(member.offset)
+                    break
+                keys_seen, previous = keys_seen + 1, key
+    errors: list[Exception] = []
+
+    def stop_on_error(exn: Exception) -> bool:
+        errors.append(exn)
+        return False
+
+    files = tar_file_expander([{"url": piece.url, "stream": f}], handler=stop_on_error)
+    samples = group_by_keys(files, handler=stop_on_error)
+    produced = 0
+    for sample in islice(samples, piece.size):
+        produced += 1
+        yield sample["__key__"], sample
+    if errors or produced < piece.size:
+        reason = errors[0] if errors else "shard ended early"
+        yield f"#{piece.start + produced}", ValueError(f"unreadable tar from here on: {reason}")
+
+
+def _read_parquet(f, piece: Piece) -> Iterator[tuple[str, dict]]:
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(f)
+    row = 0
+    for group in range(parquet.num_row_groups):
+        rows = parquet.metadata.row_group(group).num_rows
+        if row + rows > piece.start and row < piece.stop:
+            for i, record in enumerate(parquet.read_row_group(group).to_pylist(), start=row):
+                if piece.start <= i < piece.stop:
+                    yield str(i), record
+        row += rows
+
+
+def _read_lines(kind: str, text, piece: Piece) -> Iterator[tuple[str, Any]]:
+    import csv
+
+    lines = (line for line in text if line.strip())
+    if kind == "csv":
+        header = next(csv.reader([next(lines)]))
+    for i, line in enumerate(islice(lines, piece.start, piece.stop), start=piece.start):
+        try:
+            if kind == "csv":
+                yield str(i), dict(zip(header, next(csv.reader([line])), strict=True))
+            else:
+                yield str(i), json.loads(line)
+        except ValueError as exc:
+            yield str(i), exc
+
+
+# ---------------------------------------------------------------- decoding into tensors
+
+
+@dataclass
+class Decoder:
+    """Raw record → (model input, label index); picklable so workers can decode."""
+
+    task: str
+    text_field: str
+    label_field: str
+    image_field: str
+    classes: tuple[str, ...]
+    transform: Callable | None = None  # image transform (PIL → CHW float tensor)
+
+    def __call__(self, record: Any) -> tuple[Any, int]:
+        if isinstance(record, Exception):
+            raise record
+        label = self._label(record)
+        if self.task == "image-classification":
+            return self._image(record), label
+        return self._text(record), label
+
+    def _label(self, record: dict) -> int:
+        for name in ("cls", self.label_field):
+            if name in record:
+                raw = record[name]
+                break
+        else:
+            meta = _json_member(record)
+            if self.label_field not in meta:
+                raise ValueError(f"no label ('cls' or '{self.label_field}') in the sample")
+            raw = meta[self.label_field]
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8").strip()
+        if isinstance(raw, str) and raw in self.classes:
+            return self.classes.index(raw)
+        value = int(raw)
+        if not 0 <= value < len(self.classes):
+            raise ValueError(f"label {value} outside 0..{len(self.classes) - 1}")
+        return value
+
+    def _image(self, record: dict):
+        from PIL import Image
+
+        data = record.get(self.image_field)
+        if data is None:
+            data = next((record[e] for e in IMAGE_EXTS if e in record), None)
+        if data is None:
+            raise ValueError(f"no image member ({', '.join(IMAGE_EXTS)}) in the sample")
+        image = data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data))
+        image.load()  # decode now so a truncated file fails here, with its key
+        return self.transform(image)
+
+    def _text(self, record: dict) -> str:
+        for name in ("txt", self.text_field):
+            if name in record:
+                value = record[name]
+                return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        meta = _json_member(record)
+        if self.text_field not in meta:
+            raise ValueError(f"no text ('txt' or '{self.text_field}') in the sample")
+        return str(meta[self.text_field])
+
+
+def _json_member(record: dict) -> dict:
+    raw = record.get("json")
+    return json.loads(raw) if isinstance(raw, (bytes, str)) else {}
+
+
+# ---------------------------------------------------------------- the torch side
+
+
+class _EpochStream(IterableDataset):
+    """One epoch of one rank; worker i runs task i (the plan already rotated the tasks)."""
+
+    def __init__(self, kind: str, tasks: list[WorkerTask], decoder: Decoder, collate: Callable):
+        self.kind, self.tasks, self.decoder, self.collate = kind, tasks, decoder, collate
+
+    def __iter__(self):
+        info = get_worker_info()
+        tasks = self.tasks if info is None else [self.tasks[info.id]] if info.id < len(self.tasks) else []
+        for task in tasks:
+            yield from self._run(task)
+
+    def _run(self, task: WorkerTask):
+        batches = list(task_positions(task))
+        if not batches:
+            return
+        first = min(min(b) for b in batches)
+        records = self._records(task, first)
+        held: dict[int, tuple[str, str, Any]] = {}
+        for positions in batches:
+            inputs, labels, bad = [], [], []
+            for pos in positions:
+                while pos not in held:
+                    at, shard, key, record = next(records)
+                    held[at] = (shard, key, record)
+                shard, key, record = held.pop(pos)
+                try:
+                    x, y = self.decoder(record)
+                except Exception as exc:  # noqa: BLE001 - any decode failure is bad data
+                    bad.append({"shard": shard, "key": key, "error": f"{type(exc).__name__}: {exc}"})
+                    continue
+                inputs.append(x)
+                labels.append(y)
+            yield (self.collate(inputs, labels) if inputs else None), bad
+
+    def _records(self, task: WorkerTask, first: int) -> Iterator[tuple[int, str, str, Any]]:
+        """Records of the task's run from position `first` on, numbered by position."""
+        offset = 0
+        for piece in task.pieces:
+            if offset + piece.size > first:
+                skip = max(0, first - offset)
+                part = Piece(piece.url, piece.start + skip, piece.stop)
+                for at, (key, record) in enumerate(read_piece(self.kind, part), start=offset + skip):
+                    yield at, piece.url, key, record
+            offset += piece.size
+
+
+class _EpochLoader:
+    """Iterable of batches for one epoch; counts and checks bad samples in the main process."""
+
+    def __init__(self, loader: DataLoader, length: int, stream: "Stream"):
+        self._loader, self._length, self._stream = loader, length, stream
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self):
+        for batch, bad in self._loader:
+            self._stream.record_bad(bad)
+            if batch is None:  # skipping it would leave this rank one step short of the others
+                raise BadDataError(bad, self._stream.max_bad_samples, "every sample of a batch is bad")
+            yield batch
+
+
+@dataclass
+class Stream:
+    """What `graft_trainer.data` gets for a streamed split: `.loader(epoch, start_batch)`."""
+
+    source_kind: str
+    pieces: tuple[Piece, ...]
+    classes: list[str]
+    batch_size: int
+    seed: int
+    rank: int
+    world_size: int
+    num_workers: int
+    shuffle: bool
+    decoder: Decoder
+    collate: Callable
+    max_bad_samples: int
+    bad: dict[tuple[str, str], dict] = field(default_factory=dict)
+
+    @property
+    def num_samples(self) -> int:
+        return sum(p.size for p in self.pieces)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return batches_for(self.num_samples, self.world_size, self.batch_size)
+
+    def loader(self, epoch: int, start_batch: int = 0) -> _EpochLoader:
+        n_batches, tasks = plan_rank(
+            self.pieces, seed=self.seed, epoch=epoch, rank=self.rank,
+            world_size=self.world_size, batch_size=self.batch_size,
+            workers=max(1, self.num_workers), start_batch=start_batch, shuffle=self.shuffle,
+        )
+        dataset = _EpochStream(self.source_kind, tasks, self.decoder, self.collate)
+        workers = len(tasks) if self.num_workers else 0
+        loader = DataLoader(
+            dataset, batch_size=None, num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            prefetch_factor=4 if workers else None,
+            # Own generator: augmentation in workers is seeded by (seed, epoch, rank) only.
+            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 1009 + self.rank),
+        )
+        return _EpochLoader(loader, max(0, n_batches - start_batch), self)
+
+    def record_bad(self, bad: list[dict]) -> None:
+        for item in bad:
+            if (item["shard"], item["key"]) not in self.bad:
+                log.warning("bad sample skipped: shard %s key %s: %s", item["shard"], item["key"], item["error"])
+                self.bad[(item["shard"], item["key"])] = item
+        if len(self.bad) > self.max_bad_samples:
+            raise BadDataError(list(self.bad.values()), self.max_bad_samples)
+
+
+def build_stream(job: FineTuneJob, split: str, rank: int, world_size: int) -> Stream:
+    """The streamed `split` ("train" | "validation") of a job for one rank of `world_size`."""
+    data = job.spec.data
+    source = discover(data.train, data.format, data.label_field)
+    if split == "validation" and data.validation:
+        pieces = discover(data.validation, data.format, data.label_field).pieces
+    elif data.validation:
+        pieces = source.pieces
+    else:
+        pieces = holdout(source.pieces, data.validation_fraction)[split == "validation"]
+    if split == "train" and data.limit:
+        pieces = take(pieces, 0, data.limit)
+    classes = _classes(job, source)
+    train = split == "train"
+    from graft_trainer.data import stream_encoders  # the map-style transforms and tokenizer
+
+    transform, collate = stream_encoders(job, train=train)
+    decoder = Decoder(job.spec.task, data.text_field, data.label_field, data.image_field,
+                      tuple(classes), transform)
+    return Stream(
+        source.kind, pieces, classes, job.spec.training.batch_size, job.spec.training.seed,
+        rank, world_size, data.num_workers, train, decoder, collate, data.max_bad_samples,
+    )
+
+
+def _classes(job: FineTuneJob, source: Source) -> list[str]:
+    if source.classes:
+        return list(source.classes)
+    if job.spec.head.num_classes:
+        return [str(i) for i in range(job.spec.head.num_classes)]
+    raise SpecError([
+        "spec.data: streamed data needs its class names: write an index.json beside the "
+        "shards (`graft data pack` does) or set spec.head.numClasses"
+    ])
