@@ -389,7 +389,7 @@ class FineTuneJobSpec(Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> FineTuneJobSpec:
-        image_formats = {"imagefolder", "webdataset", "hf-disk"}
+        image_formats = {"imagefolder", "webdataset", "hf-disk", "csv", "jsonl"}  # csv/jsonl: manifests
         text_formats = {"csv", "jsonl", "parquet", "hf-disk", "webdataset"}
         if self.task == "image-classification" and self.data.format not in image_formats:
             raise ValueError(

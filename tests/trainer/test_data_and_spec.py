@@ -1,0 +1,140 @@
+"""From a spec to tensors: what the trainer accepts, what it rejects (and how it says so), and
+how data is split, sharded, augmented, balanced and tokenised. Real data: sklearn digits and
+VADER words; small CSV/HF files written by the tests themselves where a format needs one."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from collections import Counter
+
+import pytest
+import torch
+
+from graft.spec import SpecError, load_spec
+from graft_trainer.data import build_splits
+from graft_trainer.models import build_model
+from trainer_jobs import PYTHON, REPO, digits_doc, job_of, text_doc, trainer_env, write_spec
+
+
+def test_good_image_spec_infers_classes_and_builds_a_matching_model(tmp_path):
+    job = job_of(digits_doc(tmp_path, data={"limit": None}))
+    splits = build_splits(job, rank=0, world_size=1)
+    assert splits.classes == ["0", "1", "2", "3", "4"]
+    model = build_model(job, len(splits.classes))
+    images, labels = next(iter(splits.train.loader(0)))
+    assert images.shape == (16, 3, 16, 16) and model(images).shape == (16, 5)
+    # stratified hold-out: every class is in validation in proportion
+    held = Counter(splits.validation.dataset.records.labels)
+    assert set(held) == set(range(5)) and all(15 <= n <= 21 for n in held.values())
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ({"backbone": {"name": "timm/no_such_net"}}, "spec.backbone"),
+        ({"data": {"train": "/nonexistent/digits"}}, "spec.data.train"),
+        ({"head": {"numClasses": 7}}, "spec.head.numClasses"),
+        ({"backbone": {"weights": "/nonexistent/weights.safetensors"}}, "spec.backbone.weights"),
+    ],
+)
+def test_bad_specs_fail_naming_the_field(tmp_path, override, field):
+    job = job_of(digits_doc(tmp_path, **override))
+    with pytest.raises(SpecError, match=field.replace(".", r"\.")):
+        splits = build_splits(job, 0, 1)
+        build_model(job, len(splits.classes))
+
+
+def test_cli_rejects_an_invalid_spec_with_exit_code_2_and_one_line_per_problem(tmp_path):
+    doc = digits_doc(tmp_path, training={"batchSize": 0, "optimiser": "adamw"})
+    result = subprocess.run([PYTHON, "-m", "graft_trainer", str(write_spec(doc, tmp_path / "bad.yaml"))],
+                            cwd=REPO, env=trainer_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "spec.training.batchSize" in result.stderr and "did you mean 'optimizer'" in result.stderr
+
+
+def test_rank_shards_cover_the_epoch_evenly_and_validation_exactly_once(tmp_path):
+    job = job_of(digits_doc(tmp_path, data={"limit": 50}))
+    ranks = [build_splits(job, rank, 4) for rank in range(4)]
+    train = [r.train.indices(epoch=3) for r in ranks]
+    assert len({len(t) for t in train}) == 1  # same step count on every rank (DDP never waits)
+    assert set().union(*train) == set(range(50))  # padding repeats, never drops, samples
+    assert train != [r.train.indices(epoch=4) for r in ranks]  # reshuffled per epoch
+    validation = [r.validation.indices(0) for r in ranks]
+    assert sorted(sum(validation, [])) == list(range(len(ranks[0].validation.dataset)))
+
+
+def test_resuming_mid_epoch_skips_exactly_the_consumed_batches(tmp_path):
+    splits = build_splits(job_of(digits_doc(tmp_path)), 0, 1)
+    full = [labels for _, labels in splits.train.loader(epoch=2)]
+    resumed = [labels for _, labels in splits.train.loader(epoch=2, start_batch=3)]
+    assert len(resumed) == len(full) - 3
+    assert all(torch.equal(a, b) for a, b in zip(full[3:], resumed))
+
+
+def test_augmentations_apply_to_training_only(tmp_path):
+    job = job_of(digits_doc(tmp_path, data={"augmentations": [{"name": "rotation", "degrees": 40}]}))
+    splits = build_splits(job, 0, 1)
+    torch.manual_seed(0)
+    train_a, train_b = splits.train.dataset[0][0], splits.train.dataset[0][0]
+    val_a, val_b = splits.validation.dataset[0][0], splits.validation.dataset[0][0]
+    assert not torch.equal(train_a, train_b)
+    assert torch.equal(val_a, val_b)
+
+
+def test_balance_sampler_evens_out_a_skewed_csv_manifest(tmp_path):
+    """An imbalanced CSV (90 'common' : 10 'rare', written here) is sampled about evenly."""
+    rows = [f"word{i},common" for i in range(90)] + [f"odd{i},rare" for i in range(10)]
+    (tmp_path / "skewed.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    doc = text_doc(tmp_path, data={"format": "csv", "train": str(tmp_path / "skewed.csv"),
+                                   "validation": str(tmp_path / "skewed.csv"), "balance": "sampler"})
+    splits = build_splits(job_of(doc), 0, 1)
+    drawn = Counter(splits.train.dataset.records.labels[i] for e in range(5) for i in splits.train.indices(e))
+    assert 0.35 < drawn[splits.classes.index("rare")] / sum(drawn.values()) < 0.65
+
+
+def test_text_batches_are_padded_to_their_own_longest_text(tmp_path):
+    splits = build_splits(job_of(text_doc(tmp_path, data={"maxLength": 6})), 0, 1)
+    lengths = [inputs["input_ids"].shape[1] for inputs, _ in list(splits.train.loader(0))[:20]]
+    assert max(lengths) <= 6 and len(set(lengths)) > 1  # truncated, and dynamic (not fixed) padding
+
+
+def test_hf_save_to_disk_dataset_with_class_label_names(tmp_path):
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
+    Dataset.from_dict({"text": ["bad", "good"] * 10, "label": [0, 1] * 10}, features=features).save_to_disk(tmp_path / "ds")
+    splits = build_splits(job_of(text_doc(tmp_path, data={"format": "hf-disk", "train": str(tmp_path / "ds")})), 0, 1)
+    assert splits.classes == ["neg", "pos"]
+    assert len(splits.train.dataset) + len(splits.validation.dataset) == 20
+
+
+@pytest.mark.parametrize("name", ["quickstart", "digits-source", "digits-transfer"])
+def test_examples_are_valid_specs_on_real_data(name):
+    job = load_spec(REPO / "examples" / f"{name}.yaml")
+    assert job.spec.data.train.startswith("builtin://")  # real data shipped in packages
+    assert len(job.spec.strategy.phases) >= 1 and job.spec.resources.procs_per_node == 2
+
+
+def test_corrupt_images_are_skipped_up_to_the_limit_then_fail_with_the_list(tmp_path):
+    import shutil
+
+    from graft_trainer.builtin import resolve
+    from graft_trainer.data import BadDataError
+
+    digits = Path(resolve("builtin://sklearn-digits?classes=0-4"))
+    for label in ("0", "1"):
+        (tmp_path / "folder" / label).mkdir(parents=True)
+        for png in sorted((digits / label).glob("*.png"))[:8]:
+            shutil.copy(png, tmp_path / "folder" / label / png.name)
+    corrupt = tmp_path / "folder" / "1" / "corrupt.png"
+    corrupt.write_bytes(b"not a png at all")
+    data = {"train": str(tmp_path / "folder"), "validation": str(tmp_path / "folder"), "limit": None}
+
+    tolerant = build_splits(job_of(digits_doc(tmp_path, data={**data, "maxBadSamples": 1})), 0, 1)
+    seen = sum(len(labels) for _, labels in tolerant.train.loader(0))
+    assert seen == 16 and list(tolerant.train.bad) == [str(corrupt)]
+
+    strict = build_splits(job_of(digits_doc(tmp_path, data=data)), 0, 1)
+    with pytest.raises(BadDataError, match="corrupt.png"):
+        list(strict.train.loader(0))

@@ -1,0 +1,50 @@
+"""The backbone factory: torchvision/timm/transformers backbones, weights from local files, and
+the head. Backbones are RANDOMLY INITIALISED here; the files with "pretrained" weights are
+written by the tests themselves (what matters is that exactly those values are loaded)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from graft.spec import SpecError
+from graft_trainer.models import build_model
+from trainer_jobs import digits_doc, job_of, text_doc
+
+
+def test_torchvision_resnet_loses_its_imagenet_classifier_and_exposes_stages(tmp_path):
+    model = build_model(job_of(digits_doc(tmp_path, backbone={"name": "torchvision/resnet18"})), 5)
+    assert [b.name for b in model.blocks] == ["layer4", "layer3", "layer2", "layer1", "stem"]
+    assert model.head[-1].in_features == 512  # discovered from a dummy forward
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 5)
+
+
+def test_weights_file_is_loaded_and_its_imagenet_head_ignored(tmp_path):
+    import torchvision
+
+    source = torchvision.models.resnet18(num_classes=1000)  # a user's checkpoint, fc included
+    torch.save(source.state_dict(), tmp_path / "resnet18.pt")
+    doc = digits_doc(tmp_path, backbone={"name": "torchvision/resnet18", "weights": str(tmp_path / "resnet18.pt")})
+    model = build_model(job_of(doc), 5)
+    assert torch.equal(model.backbone.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+
+
+def test_weights_for_another_architecture_are_refused(tmp_path):
+    save_file({"conv.weight": torch.zeros(1)}, tmp_path / "other.safetensors")
+    doc = digits_doc(tmp_path, backbone={"weights": str(tmp_path / "other.safetensors")})
+    with pytest.raises(SpecError, match="lacks .* of the backbone's tensors"):
+        build_model(job_of(doc), 5)
+
+
+def test_head_has_requested_hidden_layers_and_dropout(tmp_path):
+    model = build_model(job_of(digits_doc(tmp_path, head={"hiddenSizes": [64, 32], "dropout": 0.2})), 5)
+    linears = [m for m in model.head if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(512, 64), (64, 32), (32, 5)]
+    assert sum(isinstance(m, torch.nn.Dropout) for m in model.head) == 3
+
+
+def test_transformer_backbone_blocks_are_encoder_layers_and_pooler_is_dropped(tmp_path):
+    model = build_model(job_of(text_doc(tmp_path, backbone={"options": {"numHiddenLayers": 3}})), 2)
+    assert [b.name for b in model.blocks] == ["encoder.layer.2", "encoder.layer.1", "encoder.layer.0", "stem"]
+    assert model.backbone.pooler is None

@@ -1,0 +1,385 @@
+"""Labelled data → batches for one rank: reading, splitting, transforms, tokenisation, sharding.
+
+Every split is a `SplitData` with `.classes`, `.batches_per_epoch` and
+`.loader(epoch, start_batch)`. The loop only ever talks to that interface, so the map-style
+data here and the streamed shards of `graft_trainer.streaming` are interchangeable, and resuming
+mid-epoch is a position (epoch, batches consumed), never a replay: `start_batch` skips indices
+before anything is read.
+
+Sharding follows `DistributedSampler`: one permutation per (seed, epoch) shared by all ranks,
+padded to a multiple of the world size so every rank runs the same number of steps, then
+strided by rank. Validation is strided WITHOUT padding, so metrics summed over ranks count
+each sample exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from graft.spec import FineTuneJob, SpecError
+from graft_trainer.builtin import resolve
+
+log = logging.getLogger("graft.data")
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Records:
+    """A split held in memory: raw inputs (image paths / PIL images / texts) and label indices."""
+
+    inputs: list[Any]
+    labels: list[int]
+
+
+@dataclass
+class Splits:
+    train: "SplitData"
+    validation: "SplitData"
+    classes: list[str]
+
+
+# ------------------------------------------------------------------------------- reading
+
+
+def read_records(location: str, job: FineTuneJob, where: str) -> tuple[list[Any], list[Any]]:
+    """(inputs, raw labels) of one location, in a stable order."""
+    data = job.spec.data
+    path = Path(resolve(location))
+    if not path.exists():
+        raise SpecError([f"{where}: '{location}' does not exist; point it at your data"])
+    if data.format == "imagefolder":
+        return _read_imagefolder(path, where)
+    if data.format == "hf-disk":
+        from datasets import load_from_disk
+
+        dataset = load_from_disk(str(path))
+        column = data.image_field if job.spec.task == "image-classification" else data.text_field
+        return _columns(dataset, column, data.label_field, where)
+    if job.spec.task == "image-classification":  # a CSV/JSONL manifest: image path + label per row
+        paths, labels = _read_table(path, data.format, data.image_field, data.label_field, where)
+        base = path if path.is_dir() else path.parent  # relative paths are relative to the manifest
+        return [base / p for p in paths], labels
+    return _read_table(path, data.format, data.text_field, data.label_field, where)
+
+
+def _read_imagefolder(root: Path, where: str) -> tuple[list[Path], list[str]]:
+    images, labels = [], []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for file in sorted(class_dir.rglob("*")):
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                images.append(file)
+                labels.append(class_dir.name)
+    if not images:
+        raise SpecError([f"{where}: no images in class sub-folders of {root} (ImageFolder layout: <root>/<class>/<image>)"])
+    return images, labels
+
+
+def _read_table(path: Path, data_format: str, text_field: str, label_field: str, where: str):
+    from datasets import load_dataset
+
+    files = sorted(str(p) for p in path.rglob(f"*.{data_format}")) if path.is_dir() else [str(path)]
+    builder = "json" if data_format == "jsonl" else data_format
+    dataset = load_dataset(builder, data_files=files, split="train")
+    return _columns(dataset, text_field, label_field, where)
+
+
+def _columns(dataset, input_field: str, label_field: str, where: str):
+    missing = [f for f in (input_field, label_field) if f not in dataset.column_names]
+    if missing:
+        raise SpecError([
+            f"{where}: column(s) {missing} not found (columns: {dataset.column_names}); set "
+            "data.textField / data.imageField / data.labelField"
+        ])
+    names = getattr(dataset.features[label_field], "names", None)  # ClassLabel columns
+    labels = dataset[label_field]
+    if names:
+        labels = [names[i] for i in labels]
+    return list(dataset[input_field]), labels
+
+
+def class_names(raw_labels: Iterable[Any]) -> list[str]:
+    """Sorted distinct labels as strings; numbers sort numerically ('2' before '10')."""
+    distinct = set(raw_labels)
+    if all(isinstance(v, (int, float)) or str(v).lstrip("-").isdigit() for v in distinct):
+        return [str(v) for v in sorted(distinct, key=lambda v: int(v))]
+    return sorted(str(v) for v in distinct)
+
+
+def to_records(inputs: list[Any], raw_labels: list[Any], classes: list[str], where: str) -> Records:
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted({str(v) for v in raw_labels} - index.keys())
+    if unknown:
+        raise SpecError([f"{where}: labels {unknown[:5]} are not among the training classes {classes[:10]}"])
+    return Records(inputs, [index[str(v)] for v in raw_labels])
+
+
+def split_holdout(records: Records, fraction: float, seed: int) -> tuple[Records, Records]:
+    """Stratified seeded hold-out: every class keeps `fraction` of its samples for validation."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(records.labels), generator=generator).tolist()
+    per_class: dict[int, list[int]] = {}
+    for i in order:
+        per_class.setdefault(records.labels[i], []).append(i)
+    held = {i for members in per_class.values() for i in members[: max(1, round(len(members) * fraction))]}
+    train = [i for i in order if i not in held]
+    validation = sorted(held)
+    pick = lambda idx: Records([records.inputs[i] for i in idx], [records.labels[i] for i in idx])
+    return pick(train), pick(validation)
+
+
+def first_n(records: Records, n: int, seed: int) -> Records:
+    """The first n samples of a seeded shuffle, so a sorted ImageFolder still yields every class."""
+    order = torch.randperm(len(records.labels), generator=torch.Generator().manual_seed(seed)).tolist()[:n]
+    return Records([records.inputs[i] for i in order], [records.labels[i] for i in order])
+
+
+# --------------------------------------------------------------------- tensors and batches
+
+
+def image_transform(job: FineTuneJob, train: bool) -> Callable:
+    """PIL image → normalised CHW float tensor; augmentations only when `train`."""
+    from torchvision.transforms import v2
+
+    data = job.spec.data
+    channels = 3 if data.grayscale_to_rgb else 1
+    steps: list[Any] = [
+        v2.Lambda(lambda img: img.convert("RGB" if channels == 3 else "L")),
+        v2.ToImage(),
+        v2.Resize((data.image_size, data.image_size), antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+    ]
+    if train:
+        steps += [_augmentation(a, data.image_size) for a in data.augmentations]
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))
+    steps.append(v2.Normalize(mean, std))
+    return v2.Compose(steps)
+
+
+def _augmentation(aug, size: int):
+    from torchvision.transforms import v2
+
+    return {
+        "horizontalFlip": lambda: v2.RandomHorizontalFlip(aug.p),
+        "verticalFlip": lambda: v2.RandomVerticalFlip(aug.p),
+        "rotation": lambda: v2.RandomRotation(aug.degrees),
+        "randomResizedCrop": lambda: v2.RandomResizedCrop(size, scale=aug.scale, antialias=True),
+        "colorJitter": lambda: v2.ColorJitter(aug.strength, aug.strength, aug.strength),
+        "randomErasing": lambda: v2.RandomErasing(aug.p),
+        "gaussianBlur": lambda: v2.RandomApply([v2.GaussianBlur(3)], p=aug.p),
+        "randomAffine": lambda: v2.RandomAffine(aug.degrees, scale=aug.scale),
+    }[aug.name]()
+
+
+@dataclass
+class ImageCollate:
+    """Stack images; a picklable class so DataLoader workers can use it."""
+
+    def __call__(self, inputs: list[torch.Tensor], labels: list[int]):
+        return torch.stack(inputs), torch.tensor(labels)
+
+
+@dataclass
+class TextCollate:
+    """Tokenise a batch, padded to its own longest text (dynamic padding), truncated at maxLength."""
+
+    tokenizer: Any
+    max_length: int
+
+    def __call__(self, texts: list[str], labels: list[int]):
+        encoded = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return dict(encoded), torch.tensor(labels)
+
+
+def load_tokenizer(job: FineTuneJob):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve(job.spec.backbone.arch))
+
+
+def stream_encoders(job: FineTuneJob, train: bool) -> tuple[Callable | None, Callable]:
+    """(image transform or None, collate(inputs, labels)) — shared with graft_trainer.streaming."""
+    if job.spec.task == "image-classification":
+        return image_transform(job, train), ImageCollate()
+    return None, TextCollate(load_tokenizer(job), job.spec.data.max_length)
+
+
+class RecordDataset(Dataset):
+    """Records → (tensor or text, label); images are read lazily, one file per item."""
+
+    def __init__(self, records: Records, transform: Callable | None):
+        self.records, self.transform = records, transform
+
+    def __len__(self) -> int:
+        return len(self.records.labels)
+
+    def __getitem__(self, i: int):
+        item = self.records.inputs[i]
+        if self.transform is not None:
+            from PIL import Image
+
+            try:
+                item = self.transform(item if isinstance(item, Image.Image) else Image.open(item))
+            except OSError as exc:  # unreadable or corrupt file (PIL's UnidentifiedImageError too)
+                return BadSample(str(item), str(exc)), self.records.labels[i]
+        return item, self.records.labels[i]
+
+
+class BadSample(NamedTuple):
+    source: str
+    error: str
+
+
+class BadDataError(RuntimeError):
+    """More corrupt samples than spec.data.maxBadSamples; lists them all."""
+
+    def __init__(self, bad: dict[str, str], limit: int):
+        lines = "\n".join(f"  - {source}: {error}" for source, error in bad.items())
+        super().__init__(f"{len(bad)} bad samples exceed data.maxBadSamples={limit}:\n{lines}")
+
+
+@dataclass
+class BatchCollate:
+    """Collate the good samples of a batch; hand the bad ones back beside it to be counted."""
+
+    collate: Callable
+
+    def __call__(self, batch: list[tuple[Any, int]]):
+        good = [(x, y) for x, y in batch if not isinstance(x, BadSample)]
+        bad = [x for x, _ in batch if isinstance(x, BadSample)]
+        return (self.collate(*map(list, zip(*good))) if good else None), bad
+
+
+@dataclass
+class SplitData:
+    """One split for one rank: the object the training loop iterates, epoch by epoch."""
+
+    dataset: RecordDataset
+    collate: Callable
+    classes: list[str]
+    batch_size: int
+    rank: int
+    world_size: int
+    seed: int
+    train: bool
+    num_workers: int = 0
+    sample_weights: torch.Tensor | None = None  # balance: sampler
+    label_counts: list[int] = field(default_factory=list)
+    max_bad_samples: int = 0
+    bad: dict[str, str] = field(default_factory=dict)  # corrupt samples seen: source → error
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return -(-len(self.indices(0)) // self.batch_size)
+
+    def indices(self, epoch: int) -> list[int]:
+        """This rank's sample indices for `epoch` (see the module docstring)."""
+        n = len(self.dataset)
+        if not self.train:
+            return list(range(self.rank, n, self.world_size))
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        if self.sample_weights is not None:
+            order = torch.multinomial(self.sample_weights, n, replacement=True, generator=generator).tolist()
+        else:
+            order = torch.randperm(n, generator=generator).tolist()
+        padded = -(-n // self.world_size) * self.world_size
+        order += order[: padded - n]
+        return order[self.rank :: self.world_size]
+
+    def loader(self, epoch: int, start_batch: int = 0) -> Iterator:
+        """Batches of `epoch`, starting after the first `start_batch` (never read)."""
+        remaining = self.indices(epoch)[start_batch * self.batch_size :]
+        batches = DataLoader(
+            Subset(self.dataset, remaining),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=BatchCollate(self.collate),
+            # Own generator: creating an iterator must not draw from the global RNG, or a
+            # resumed run would see a different dropout/augmentation sequence.
+            generator=torch.Generator().manual_seed(self.seed + epoch),
+        )
+        for batch, bad in batches:
+            for sample in bad:
+                if sample.source not in self.bad:
+                    log.warning("bad sample skipped: %s: %s", sample.source, sample.error)
+                    self.bad[sample.source] = sample.error
+            if len(self.bad) > self.max_bad_samples or batch is None:  # None: nothing left to train on
+                raise BadDataError(self.bad, self.max_bad_samples)
+            yield batch
+
+
+# ------------------------------------------------------------------------------ assembly
+
+
+def build_splits(job: FineTuneJob, rank: int, world_size: int) -> Splits:
+    """Train and validation data of this rank, with class names inferred from the train split."""
+    data = job.spec.data
+    if data.format == "webdataset" or data.streaming:
+        return _streamed_splits(job, rank, world_size)
+    seed = job.spec.training.seed
+    inputs, raw = read_records(data.train, job, "spec.data.train")
+    classes = class_names(raw)
+    if job.spec.head.num_classes and job.spec.head.num_classes != len(classes):
+        raise SpecError([
+            f"spec.head.numClasses: {job.spec.head.num_classes} but the training data has "
+            f"{len(classes)} classes {classes[:10]}; remove numClasses to infer it"
+        ])
+    train = to_records(inputs, raw, classes, "spec.data.train")
+    if data.validation:
+        v_inputs, v_raw = read_records(data.validation, job, "spec.data.validation")
+        validation = to_records(v_inputs, v_raw, classes, "spec.data.validation")
+    else:
+        train, validation = split_holdout(train, data.validation_fraction, seed)
+    if data.limit:
+        train = first_n(train, data.limit, seed)
+    transform_train, collate = stream_encoders(job, train=True)
+    transform_eval, _ = stream_encoders(job, train=False) if transform_train else (None, None)
+    counts = Counter(train.labels)
+    label_counts = [counts.get(i, 0) for i in range(len(classes))]
+    weights = None
+    if data.balance == "sampler":
+        weights = torch.tensor([1.0 / label_counts[y] for y in train.labels], dtype=torch.double)
+    common = dict(
+        collate=collate, classes=classes, batch_size=job.spec.training.batch_size, rank=rank,
+        world_size=world_size, seed=seed, num_workers=data.num_workers, max_bad_samples=data.max_bad_samples,
+    )
+    log.info("data: %d train / %d validation samples, %d classes", len(train.labels), len(validation.labels), len(classes))
+    return Splits(
+        train=SplitData(RecordDataset(train, transform_train), train=True, sample_weights=weights,
+                        label_counts=label_counts, **common),
+        validation=SplitData(RecordDataset(validation, transform_eval), train=False, **common),
+        classes=classes,
+    )
+
+
+def _streamed_splits(job: FineTuneJob, rank: int, world_size: int) -> Splits:
+    try:
+        from graft_trainer.streaming import build_stream
+    except ImportError as exc:  # the streaming module ships separately in some images
+        raise SpecError([f"spec.data.streaming: streaming support is not installed ({exc})"]) from None
+    if job.spec.data.balance != "none":
+        raise SpecError(["spec.data.balance: needs class counts, which streamed data does not have; use 'none'"])
+    train = build_stream(job, "train", rank, world_size)
+    validation = build_stream(job, "validation", rank, world_size)
+    return Splits(train=train, validation=validation, classes=list(train.classes))
+
+
+def loss_weights(splits: Splits, job: FineTuneJob) -> torch.Tensor | None:
+    """Inverse-frequency class weights (mean 1) when spec.data.balance is 'loss'."""
+    if job.spec.data.balance != "loss":
+        return None
+    counts = torch.tensor(splits.train.label_counts, dtype=torch.float32).clamp(min=1)
+    weights = counts.sum() / (len(counts) * counts)
+    return weights
+

@@ -1,0 +1,333 @@
+"""The one training loop, used by local runs, PyTorchJob/TrainJob pods and Ray Train workers.
+
+`fit(job, hooks)` reads top to bottom: set up (Accelerate picks gloo on CPU, NCCL on GPU from
+the launcher's environment), resume if a checkpoint exists, then for each epoch: enter the
+strategy's stage (freeze, rebuild optimizer/scheduler, re-wrap DDP because the set of
+trainable parameters changed), train, evaluate, record, checkpoint, stop early if asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from graft.spec import FineTuneJob, SpecError
+from graft_trainer import checkpoint, dann, feature_cache, strategies
+from graft_trainer.data import build_splits, loss_weights
+from graft_trainer.evaluate import evaluate, to_device
+from graft_trainer.export import export
+from graft_trainer.models import build_model, param_summary
+from graft_trainer.report import Reporter
+
+log = logging.getLogger("graft.loop")
+TERMINATION_LOG = Path("/dev/termination-log")
+
+
+@dataclass
+class Hooks:
+    on_epoch_end: Callable[[dict, Path | None], None] | None = None
+    resume_from: Path | None = None
+
+
+@dataclass
+class Position:
+    """Where training stands; stored in every checkpoint, so a resume continues exactly."""
+
+    epoch: int = 0  # current global epoch (0-based)
+    batch: int = 0  # batches of `epoch` already consumed
+    step: int = 0  # optimizer steps so far; names the checkpoint directories
+    sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # epoch loss, correct, count
+    best: float | None = None  # best value of training.bestMetric
+    best_eval: dict = field(default_factory=dict)
+    phase_best: float | None = None  # early stopping, within the current phase
+    stale_epochs: int = 0
+    epochs_run: int = 0
+    elapsed_s: float = 0.0
+    params: dict = field(default_factory=dict)  # parameter summary per phase
+    spec_digest: str = ""  # what was being trained: a resume must continue the same job
+
+
+@dataclass
+class Run:
+    """What one stage trains with (rebuilt whenever the trainable set changes)."""
+
+    stage: strategies.Stage
+    model: nn.Module  # DDP-wrapped when distributed
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+
+
+def fit(job: FineTuneJob, hooks: Hooks | None = None) -> dict:
+    hooks = hooks or Hooks()
+    spec, training = job.spec, job.spec.training
+    started = time.monotonic()
+    owns_process_group = not torch.distributed.is_initialized()
+    accelerator = _accelerator(training.precision)
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    from accelerate.utils import set_seed
+
+    set_seed(training.seed)  # identical initialisation on every rank
+    splits = build_splits(job, rank, world)
+    model = build_model(job, len(splits.classes)).to(accelerator.device)
+    cache = feature_cache.prepare(job, splits, model, accelerator)  # frozen backbone: features once
+    splits = cache.splits if cache else splits
+    target = dann.attach(job, model, splits, accelerator)  # data.target: DANN and target accuracy
+    weights = loss_weights(splits, job)
+    loss_fn = nn.CrossEntropyLoss(
+        weight=None if weights is None else weights.to(accelerator.device), label_smoothing=training.label_smoothing
+    )
+
+    checkpoints = Path(spec.checkpoint_dir)
+    resume_dir = hooks.resume_from or (checkpoint.latest(checkpoints) if spec.checkpoint.resume == "auto" else None)
+    saved = checkpoint.read(resume_dir) if resume_dir else None
+    position = Position(**saved["position"]) if saved else Position(spec_digest=_digest(job))
+    if position.spec_digest != _digest(job):
+        raise SpecError([
+            f"spec.checkpoint: {resume_dir} was written by a different job (model, data, strategy "
+            "or training changed); use a new output/checkpoint dir or checkpoint.resume: never"
+        ])
+    if saved:
+        checkpoint.load_weights(resume_dir, model)
+    if saved and accelerator.is_main_process:
+        print(f"resuming from {resume_dir} (epoch {position.epoch + 1}, batch {position.batch})", flush=True)
+    if not saved:
+        set_seed(training.seed + rank, device_specific=False)  # per-rank dropout/augmentation
+    reporter = Reporter(Path(spec.output.dir), accelerator.is_main_process, position.epoch)
+
+    total_epochs = spec.strategy.total_epochs
+    run: Run | None = None
+    while position.epoch < total_epochs:
+        stage = strategies.stage_at(job, position.epoch, len(model.blocks))
+        if run is None or run.stage != stage:
+            run = None  # drop the old DDP wrapper before wrapping again (its hooks must go)
+            run = _enter_stage(job, stage, model, accelerator, splits.train.batches_per_epoch)
+            summary = param_summary(model)
+            position.params.setdefault(f"{stage.phase_index + 1}:{stage.phase.name}", summary)
+            if position.batch == 0:
+                reporter.param_summary(stage.phase.name, summary)
+            if saved:  # the optimizer/scheduler/RNG of the checkpoint belong to this stage
+                run.optimizer.load_state_dict(saved["optimizer"])
+                run.scheduler.load_state_dict(saved["scheduler"])
+                checkpoint.restore_rng(resume_dir, rank, training.seed + rank + position.step)
+                saved = None
+
+        train_loss, train_accuracy = _train_epoch(job, run, splits, position, accelerator, loss_fn, checkpoints, target)
+        metrics = evaluate(model, splits.validation.loader(0), accelerator, len(splits.classes), loss_fn)
+        position.epoch, position.batch, position.epochs_run = position.epoch + 1, 0, position.epochs_run + 1
+        position.elapsed_s += time.monotonic() - started
+        started = time.monotonic()
+        record = {
+            "epoch": position.epoch, "phase": stage.phase.name, "train_loss": train_loss,
+            "train_accuracy": train_accuracy, "val_loss": metrics["val_loss"],
+            "val_accuracy": metrics["val_accuracy"], "val_macro_f1": metrics["val_macro_f1"],
+            "lr": run.optimizer.param_groups[0]["lr"], "elapsed_s": round(position.elapsed_s, 2),
+        }
+        if target:
+            record.update(target.evaluate(loss_fn))
+        _track_best(job, position, record, metrics, model, splits.classes, accelerator)
+        _early_stop(job, position, record, stage)
+        reporter.log_epoch(record)
+        if accelerator.is_main_process:
+            progress = {k: record[k] for k in ("epoch", "phase", "train_loss", "val_loss", "val_accuracy", "val_macro_f1")}
+            print("graft-progress " + json.dumps({**progress, "epochs": total_epochs, "step": position.step}), flush=True)
+        saved_dir = checkpoint.save(
+            checkpoints, position.step, run.model, run.optimizer, run.scheduler, asdict(position),
+            accelerator, spec.checkpoint.keep_last,
+        )
+        if hooks.on_epoch_end:
+            hooks.on_epoch_end(record, saved_dir)
+
+    summary = _finish(job, position, reporter, splits.classes, accelerator, _replica_fingerprints(model))
+    if cache:
+        summary["feature_cache"] = cache.summary()
+    if target:
+        summary.update(target.summary())
+    if owns_process_group and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return summary
+
+
+def _digest(job: FineTuneJob) -> str:
+    """Hash of what determines the trained weights (not where outputs go, nor how many ranks)."""
+    fields = {"backbone", "head", "data", "strategy", "training", "task"}
+    text = json.dumps(job.spec.model_dump(mode="json", include=fields), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _accelerator(precision: str):
+    from accelerate import Accelerator
+
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise SpecError(["spec.training.precision: fp16 needs a GPU; use bf16 or fp32 on CPU"])
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+
+
+def _enter_stage(job: FineTuneJob, stage: strategies.Stage, model, accelerator, batches_per_epoch: int | None) -> Run:
+    """Freeze for the stage, build its optimizer and schedule, and (re-)wrap the model.
+
+    DDP records which parameters need gradients when it wraps a model, so a new trainable set
+    needs a new wrapper; `free_memory` drops the previous stage's objects from Accelerate."""
+    strategies.apply_freezing(model, stage.unfrozen)
+    optimizer = strategies.build_optimizer(strategies.param_groups(model, stage), job.spec.training)
+    steps_per_epoch = -(-(batches_per_epoch or 1) // job.spec.training.grad_accumulation)
+    scheduler = strategies.build_scheduler(
+        optimizer, job.spec.training, steps_per_epoch * (stage.last_epoch - stage.first_epoch)
+    )
+    accelerator.free_memory()
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    return Run(stage, wrapped, optimizer, scheduler)
+
+
+def _train_epoch(job, run: Run, splits, position: Position, accelerator, loss_fn, checkpoints: Path, target=None):
+    """One epoch from `position.batch` on; returns (mean train loss, train accuracy) over ranks."""
+    training = job.spec.training
+    accumulation, total = training.grad_accumulation, splits.train.batches_per_epoch
+    trainable = [p for p in run.model.parameters() if p.requires_grad]
+    run.model.train()
+    bar = tqdm(
+        total=total, initial=position.batch, disable=not accelerator.is_main_process, leave=False,
+        desc=f"epoch {position.epoch + 1}/{job.spec.strategy.total_epochs} [{run.stage.phase.name}]",
+    )
+    pending = False
+    for index, (inputs, labels) in enumerate(splits.train.loader(position.epoch, position.batch), start=position.batch):
+        inputs, labels = to_device(inputs, accelerator.device), labels.to(accelerator.device)
+        sync = (index + 1) % accumulation == 0 or index + 1 == total
+        with nullcontext() if sync else accelerator.no_sync(run.model):
+            with accelerator.autocast():
+                logits = run.model(inputs)
+            loss = loss_fn(logits.float(), labels)
+            adversarial = target.domain_loss(position.step) if target else 0.0  # DANN, dann.py
+            accelerator.backward((loss + adversarial) / accumulation)
+        pending = not sync
+        if sync:
+            if training.clip_grad_norm:
+                accelerator.clip_grad_norm_(trainable, training.clip_grad_norm)
+            run.optimizer.step()
+            if target:
+                target.step(run.optimizer.param_groups[0]["lr"])
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            position.step += 1
+        position.sums = [
+            position.sums[0] + loss.item() * len(labels),
+            position.sums[1] + (logits.argmax(-1) == labels).sum().item(),
+            position.sums[2] + len(labels),
+        ]
+        position.batch = index + 1
+        bar.update(1)
+        every = job.spec.checkpoint.every_steps
+        if sync and every and position.step % every == 0 and index + 1 != total:
+            checkpoint.save(checkpoints, position.step, run.model, run.optimizer, run.scheduler,
+                            asdict(position), accelerator, job.spec.checkpoint.keep_last)
+    bar.close()
+    if pending:  # a stream's unknown length ended mid-accumulation: those grads never synced
+        run.optimizer.zero_grad(set_to_none=True)
+    sums = accelerator.reduce(torch.tensor(position.sums, dtype=torch.float64, device=accelerator.device), "sum")
+    position.sums = [0.0, 0.0, 0.0]
+    count = max(float(sums[2]), 1.0)
+    return float(sums[0]) / count, float(sums[1]) / count
+
+
+def _track_best(job, position: Position, record: dict, metrics: dict, model, classes, accelerator) -> None:
+    """Export the model whenever training.bestMetric improves (so a crash never loses it)."""
+    key = job.spec.training.best_metric
+    value = record[key]
+    improved = position.best is None or (value < position.best if key == "val_loss" else value > position.best)
+    if not improved:
+        return
+    position.best = value
+    position.best_eval = {**metrics, "epoch": record["epoch"], "phase": record["phase"]}
+    if accelerator.is_main_process:
+        export(model, job, classes, record, Path(job.spec.output.dir) / "model")
+
+
+def _early_stop(job, position: Position, record: dict, stage: strategies.Stage) -> None:
+    """Patience counts within a phase: a plateau in 'head only' moves on to the next phase."""
+    rule = job.spec.training.early_stopping
+    if position.epoch == stage.last_epoch:  # the phase ended: the next one starts afresh
+        position.phase_best, position.stale_epochs = None, 0
+        return
+    if rule is None:
+        return
+    value = record[rule.metric]
+    sign = -1.0 if rule.mode == "min" else 1.0
+    if position.phase_best is None or sign * (value - position.phase_best) > rule.min_delta:
+        position.phase_best, position.stale_epochs = value, 0
+        return
+    position.stale_epochs += 1
+    if position.stale_epochs >= rule.patience:
+        log.warning("early stopping phase '%s' after epoch %d", stage.phase.name, position.epoch)
+        position.epoch = stage.last_epoch
+        position.phase_best, position.stale_epochs = None, 0
+
+
+def _replica_fingerprints(model: nn.Module) -> list[str]:
+    """SHA-256 of every rank's parameters: DDP replicas must end identical, and a user (or a
+    test) can see that they did. Buffers are left out: BatchNorm statistics legitimately differ."""
+    digest = hashlib.sha256()
+    for tensor in model.parameters():
+        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    if not torch.distributed.is_initialized():
+        return [digest.hexdigest()]
+    gathered: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, digest.hexdigest())
+    if len(set(gathered)) > 1:
+        log.error("DDP replicas diverged: parameter fingerprints %s", gathered)
+    return gathered
+
+
+def _finish(job, position: Position, reporter: Reporter, classes, accelerator, fingerprints: list[str]) -> dict:
+    output = Path(job.spec.output.dir)
+    history = reporter.history() if accelerator.is_main_process else []
+    best = position.best_eval
+    summary = {
+        "name": job.metadata.name,
+        "best_metric": job.spec.training.best_metric,
+        "best_value": position.best,
+        "best_epoch": best.get("epoch"),
+        "val_accuracy": history[-1]["val_accuracy"] if history else None,
+        "best_val_accuracy": best.get("val_accuracy"),
+        "epochs_run": position.epochs_run,
+        "steps": position.step,
+        "elapsed_s": round(position.elapsed_s, 2),
+        "output_dir": str(output),
+        "model_dir": str(output / "model"),
+        "plot": str(output / "plot.png"),
+        "metrics": str(output / "metrics.jsonl"),
+        "report": str(output / "report.json"),
+        "replica_fingerprints": fingerprints,
+    }
+    reporter.final({
+        **summary, "classes": classes, "params": position.params,
+        "precision": dict(zip(classes, best.get("precision", []))),
+        "recall": dict(zip(classes, best.get("recall", []))),
+        "confusion": best.get("confusion"), "best_eval_epoch": best.get("epoch"), "history": history,
+    })
+    if accelerator.is_main_process:
+        print(
+            f"final validation accuracy {summary['val_accuracy']:.4f} (best {summary['best_metric']} "
+            f"{summary['best_value']:.4f} at epoch {summary['best_epoch']}) after {summary['epochs_run']} "
+            f"epochs, {summary['elapsed_s']:.0f} s\nplot: {summary['plot']}\nmodel: {summary['model_dir']}",
+            flush=True,
+        )
+        _write_termination_log(summary)
+    return summary
+
+
+def _write_termination_log(summary: dict) -> None:
+    """Kubernetes shows this file's content in the pod status when the container ends."""
+    if TERMINATION_LOG.exists() and os.access(TERMINATION_LOG, os.W_OK):
+        TERMINATION_LOG.write_text(json.dumps(summary))
