@@ -50,6 +50,16 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=f"gpu test skipped: {gpu_reason}"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def graft_cache(tmp_path_factory) -> Path:
+    """Builtin datasets materialised once per session in a temporary GRAFT_CACHE (unless one is
+    set); HF_HUB_OFFLINE so nothing is ever fetched from the Hub."""
+    cache = os.environ.get("GRAFT_CACHE") or str(tmp_path_factory.mktemp("graft-cache"))
+    os.environ["GRAFT_CACHE"] = cache
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    return Path(cache)
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

@@ -24,6 +24,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from graft.operator import PEERING_NAME
+
 EXIT_ERROR, EXIT_INVALID_SPEC, EXIT_NOT_FOUND, EXIT_JOB_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 
 app = typer.Typer(
@@ -338,14 +340,22 @@ def resume(
 
 @app.command()
 def operator(
-    namespace: NamespaceOpt = None,
-    standalone: Annotated[bool, typer.Option(help="No peering (one instance only).")] = False,
-    verbose: bool = False,
+    namespace: Annotated[Optional[str], typer.Option(
+        "--namespace", "-n", help="Watch only this namespace (default: the whole cluster).")] = None,
+    standalone: Annotated[bool, typer.Option(
+        help="No peering: for development, when only one instance can run.")] = False,
+    peering: Annotated[str, typer.Option(help="kopf peering object name.")] = PEERING_NAME,
+    liveness: Annotated[Optional[str], typer.Option(
+        help="Liveness endpoint to serve, e.g. http://0.0.0.0:8080/healthz.")] = None,
+    metrics_port: Annotated[Optional[int], typer.Option(
+        min=1, max=65535, help="Serve Prometheus metrics at /metrics on this port.")] = None,
+    verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
 ) -> None:
     """Run the FineTuneJob operator (kopf) against the current cluster."""
     from graft.operator import run as run_operator
 
-    run_operator(namespace, standalone=standalone, verbose=verbose)
+    run_operator(namespace, standalone=standalone, peering_name=peering, liveness_endpoint=liveness,
+                 metrics_port=metrics_port, verbose=verbose)
 
 
 @data_app.command("pack")

@@ -26,14 +26,32 @@ def test_chart_lints_clean_and_every_object_passes_strict_schemas(values_file, c
     assert not problems, "\n".join(problems)
 
 
-def test_servicemonitor_scrapes_a_port_the_service_exposes():
-    """No ServiceMonitor CRD is available here to validate against: check what it points at."""
+def test_servicemonitor_scrapes_the_port_the_operator_serves_metrics_on():
+    """No ServiceMonitor CRD is available here to validate against: follow what it points at,
+    ServiceMonitor -> Service port -> container port -> the operator's --metrics-port."""
     objects = render_chart(load_values(REPO / "tests/deploy/values/production.yaml"))
-    monitor = next(o for o in objects if o["kind"] == "ServiceMonitor")
-    service = next(o for o in objects if o["kind"] == "Service")
-    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
+    by_kind = {o["kind"]: o for o in objects}
+    monitor, service = by_kind["ServiceMonitor"], by_kind["Service"]
+    container = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
+    service_port = next(p for p in service["spec"]["ports"] if p["name"] == endpoint["port"])
+    container_port = next(p for p in container["ports"] if p["name"] == service_port["targetPort"])
+    assert f"--metrics-port={container_port['containerPort']}" in container["args"]
+    assert container_port["containerPort"] != container["livenessProbe"]["httpGet"]["port"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
+
+
+def test_networkpolicy_lets_the_documented_scrapers_reach_the_metrics_port():
+    """The release namespace reaches probe and metrics ports; metricsFrom peers only metrics."""
+    objects = render_chart(load_values(REPO / "tests/deploy/values/production.yaml"))
+    policy = next(o for o in objects if o["kind"] == "NetworkPolicy")
+    allowed = [(rule["from"], {p["port"] for p in rule["ports"]}) for rule in policy["spec"]["ingress"]]
+    assert allowed == [
+        ([{"podSelector": {}}], {"http", "metrics"}),
+        ([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}], {"metrics"}),
+    ]
 
 
 BAD_VALUES = [
@@ -49,6 +67,9 @@ BAD_VALUES = [
      "/extraEnv/0/valueFrom"),
     ({"networkPolicy": {"enabled": True, "apiServerPorts": [70000]}}, "/networkPolicy/apiServerPorts/0"),
     ({"serviceMonitor": {"enabled": True, "interval": "often"}}, "/serviceMonitor/interval"),
+    ({"metrics": {"port": 0}}, "/metrics/port"),
+    ({"networkPolicy": {"enabled": True, "metricsFrom": [{"namespaces": ["monitoring"]}]}},
+     "/networkPolicy/metricsFrom/0"),
     ({"watchNamespace": "Not_A_Namespace"}, "/watchNamespace"),
     ({"resources": {"limits": {"cpu": "lots"}}}, "/resources/limits/cpu"),
 ]
@@ -68,6 +89,13 @@ def test_a_pdb_that_would_block_every_drain_is_refused_with_the_reason():
 
     with pytest.raises(helm.HelmRenderError, match="minAvailable .* must be below replicaCount"):
         render_chart({"podDisruptionBudget": {"enabled": True, "minAvailable": 1}})
+
+
+def test_a_metrics_port_equal_to_the_probe_port_is_refused_with_the_reason():
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmRenderError, match="metrics.port .* must differ from probePort"):
+        render_chart({"metrics": {"port": 8080}})
 
 
 def test_every_value_is_documented_and_covered_by_the_schema():
@@ -122,12 +150,14 @@ def test_watch_namespace_moves_namespaced_permissions_into_a_role():
     assert "ServiceAccount" not in by_kind  # serviceAccount.create: false
 
 
-def test_helm_test_hook_probes_the_operator_liveness_endpoint():
+def test_helm_test_hook_probes_the_operator_liveness_and_metrics_endpoints():
     objects = render_chart({})
     pod = next(o for o in objects if o["kind"] == "Pod")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     script = pod["spec"]["containers"][0]["command"][-1]
-    assert "http://graft-operator.graft-system.svc:8080/healthz" in script
+    compile(script, "helm-test", "exec")
+    assert 'service = "http://graft-operator.graft-system.svc"' in script
+    assert '{service}:8080/healthz' in script and '{service}:9090/metrics", "graft_finetunejobs"' in script
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert "--liveness=http://0.0.0.0:8080/healthz" in container["args"]

@@ -1,5 +1,6 @@
 """Fixtures for the operator tests: the kmock API emulator (registered with the real FineTuneJob
-CRD and the real upstream child CRDs) and the operator running as a real process against it."""
+CRD and the real upstream child CRDs) and the operator running as a real process against it,
+started once for every module (tests use their own job names and compare metrics as deltas)."""
 
 from __future__ import annotations
 
@@ -18,14 +19,14 @@ from graft.crd import finetunejob_crd  # noqa: E402
 CHILD_CRDS = ("kubeflow.org_pytorchjobs.yaml", "ray.io_rayjobs.yaml", "trainer.kubeflow.org_trainjobs.yaml")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def emulator(crds_dir: Path):
     crds = [finetunejob_crd()] + [yaml.safe_load((crds_dir / f).read_text()) for f in CHILD_CRDS]
     with Emulator(crds) as running:
         yield running
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def kube_api(emulator, tmp_path_factory):
     """A kubernetes client configured for the emulator, as the operator's own is."""
     from kubernetes import client, config
@@ -36,7 +37,7 @@ def kube_api(emulator, tmp_path_factory):
     return api
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def operator(kube_api, tmp_path_factory):
     """`python -m graft.operator --standalone` watching the emulator (log kept for failures)."""
     log = tmp_path_factory.mktemp("operator") / "operator.log"

@@ -100,18 +100,20 @@ def free_port() -> int:
 
 class OperatorProcess:
     """`python -m graft.operator --standalone` against the emulator, ready once kopf's liveness
-    endpoint answers (the operator has started watching)."""
+    endpoint answers (the operator has started watching); its Prometheus metrics at
+    `metrics_url`, as the Deployment serves them."""
 
     def __init__(self, kubeconfig: Path, log_path: Path):
         self.kubeconfig, self.log_path = kubeconfig, log_path
 
     def __enter__(self) -> OperatorProcess:
-        port = free_port()
+        port, metrics_port = free_port(), free_port()
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "graft.operator", "--standalone",
-             "--liveness", f"http://127.0.0.1:{port}/healthz"],
+             "--liveness", f"http://127.0.0.1:{port}/healthz", "--metrics-port", str(metrics_port)],
             env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 60

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from graft.operator.status import from_progress, parse_progress_line
 from graft_trainer.checkpoint import latest
 from graft_trainer.data import build_splits
 from trainer_jobs import PYTHON, REPO, digits_doc, job_of, trainer_env, write_spec
@@ -46,6 +47,11 @@ def test_two_rank_ddp_keeps_replicas_identical_and_loss_falls(tmp_path):
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     progress = [line for line in result.stdout.splitlines() if line.startswith("graft-progress ")]
     assert len(progress) == 3  # rank 0 only, one per epoch
+    # the operator mirrors these lines into FineTuneJob.status: its parser must read them
+    mirrored = from_progress(parse_progress_line(progress[-1]), "val_accuracy")
+    assert mirrored["progress"]["summary"] == "3/3 epochs"
+    assert mirrored["bestMetric"]["value"] == max(m["val_accuracy"] for m in history)
+    assert Path(mirrored["lastCheckpoint"]).is_dir()
     # every validation sample counted once across the two ranks (no padding duplicates)
     validation = build_splits(job_of(doc), rank=0, world_size=1).validation
     assert sum(map(sum, report["confusion"])) == len(validation.dataset)

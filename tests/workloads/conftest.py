@@ -7,19 +7,17 @@ transfer tests graft new heads onto its export for digits 5-9 (a task it never s
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
 import pytest
 
-from graft.spec import parse_spec
-
-IMAGE_SIZE = 16  # the 8x8 scans upscaled; small enough for 2 CPU cores
+from workload_jobs import digits_job
 
 
 @pytest.fixture(scope="session", autouse=True)
 def graft_cache(tmp_path_factory) -> Path:
+    """Builtin datasets and features go to a temporary cache, never the user's."""
     cache = os.environ.get("GRAFT_CACHE") or str(tmp_path_factory.mktemp("graft-cache"))
     os.environ["GRAFT_CACHE"] = cache
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -35,31 +33,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def digits_job(output: Path, weights: Path | None, **spec):
-    """resnet10t on the real digits 5-9 (the target task), head only, unless `spec` says more."""
-    base = {
-        "apiVersion": "graft.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "workload-test"},
-        "spec": {
-            "task": "image-classification",
-            "backbone": {"name": "timm/resnet10t", **({"weights": str(weights)} if weights else {})},
-            "data": {"format": "imagefolder", "train": "builtin://sklearn-digits?classes=5-9",
-                     "imageSize": IMAGE_SIZE, "validationFraction": 0.2},
-            "strategy": {"phases": [{"name": "head-only", "epochs": 3, "lr": 1.0e-2}]},
-            "training": {"batchSize": 32, "scheduler": {"name": "constant"}},
-            "checkpoint": {"keepLast": 1},
-            "output": {"dir": str(output)},
-        },
-    }
-    return parse_spec(merge(base, {"spec": spec}))
 
 
 @pytest.fixture(scope="session")

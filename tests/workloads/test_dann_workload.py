@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from conftest import digits_job
+from workload_jobs import digits_job
 from graft.spec import DomainAdaptation
 from graft_trainer.dann import GradientReversal, reversal_weight
 from graft_trainer.loop import fit

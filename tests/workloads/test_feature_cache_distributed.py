@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import digits_job
+from workload_jobs import digits_job
 from graft_trainer.data import build_splits
 from graft_trainer.feature_cache import cache_key
 from graft_trainer.models import build_model

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import digits_job
+from workload_jobs import digits_job
 from graft_trainer.loop import Hooks, fit
 
 pytestmark = pytest.mark.slow

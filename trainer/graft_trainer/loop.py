@@ -139,13 +139,16 @@ def fit(job: FineTuneJob, hooks: Hooks | None = None) -> dict:
         _track_best(job, position, record, metrics, model, splits.classes, accelerator)
         _early_stop(job, position, record, stage)
         reporter.log_epoch(record)
-        if accelerator.is_main_process:
-            progress = {k: record[k] for k in ("epoch", "phase", "train_loss", "val_loss", "val_accuracy", "val_macro_f1")}
-            print("graft-progress " + json.dumps({**progress, "epochs": total_epochs, "step": position.step}), flush=True)
         saved_dir = checkpoint.save(
             checkpoints, position.step, run.model, run.optimizer, run.scheduler, asdict(position),
             accelerator, spec.checkpoint.keep_last,
         )
+        if accelerator.is_main_process:  # what the operator mirrors into FineTuneJob.status
+            progress = {k: record[k] for k in ("epoch", "phase", "train_loss", "val_loss", "val_accuracy", "val_macro_f1")}
+            progress.update(epochs=total_epochs, step=position.step, checkpoint=str(saved_dir),
+                            best_metric=job.spec.training.best_metric, best_value=position.best,
+                            best_epoch=position.best_eval.get("epoch"))
+            print("graft-progress " + json.dumps(progress), flush=True)
         if hooks.on_epoch_end:
             hooks.on_epoch_end(record, saved_dir)
 

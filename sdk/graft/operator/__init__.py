@@ -1,7 +1,8 @@
 """The FineTuneJob operator: `kubectl apply` a FineTuneJob, get a PyTorchJob/RayJob/TrainJob.
 
-`run()` is what `graft operator` and `python -m graft.operator` call. kopf and the kubernetes
-client are imported only when it runs, so `import graft` stays fast.
+`run()` is what `graft operator` (and `python -m graft.operator`, the same command) calls. kopf,
+the kubernetes client and prometheus_client are imported only when it runs, so `import graft`
+stays fast.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ def run(
     standalone: bool = False,
     peering_name: str = PEERING_NAME,
     liveness_endpoint: str | None = None,
+    metrics_port: int | None = None,
     verbose: bool = False,
 ) -> None:
     """Run the operator until SIGINT/SIGTERM.
 
     Watches one namespace, or the whole cluster when `namespace` is None. Unless `standalone`,
     kopf peering (the ClusterKopfPeering/KopfPeering object `peering_name`) keeps exactly one
-    instance active, so several replicas can run for availability.
+    instance active, so several replicas can run for availability. With `metrics_port`, every
+    replica serves Prometheus metrics at /metrics on that port (standbys report no reconciles).
     """
     import logging
 
@@ -29,6 +32,10 @@ def run(
 
     import graft.operator.handlers  # noqa: F401  (registers the handlers with kopf)
 
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kopf.run(

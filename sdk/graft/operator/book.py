@@ -4,12 +4,14 @@ Several watch handlers (FineTuneJob, child job, pods, log follower) report facts
 job concurrently. Each fact is merged into the last status this process wrote (or the status
 the FineTuneJob watch last showed), under a per-job lock, and only real changes are patched;
 so handlers never overwrite each other's conditions and replays write nothing.
+
+The book also knows every job's current phase, which the `graft_finetunejobs` gauge exports.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,7 @@ class StatusBook:
         self.kube = kube
         self._written: dict[str, dict[str, Any]] = {}
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._phases: dict[str, str] = {}
 
     def apply(self, key: JobKey, seen: dict[str, Any] | None, update: dict[str, Any],
               patch: dict[str, Any] | None = None) -> Transition | None:
@@ -47,15 +50,32 @@ class StatusBook:
             current = self._written.get(key.uid, seen or {})
             merged = st.merge(current, update)
             if merged is None:
+                self._track(key.uid, current)
                 return None
             if patch is None:
                 self.kube.patch_status(key.namespace, key.name, merged)
             else:
                 patch["status"] = merged
             self._written[key.uid] = merged
+            self._track(key.uid, merged)
         old, new = current.get("phase"), merged.get("phase")
         return Transition(old, new) if old != new else None
+
+    def observe(self, uid: str, status: dict[str, Any] | None) -> None:
+        """The status the FineTuneJob watch shows, for jobs this process has not written to
+        (e.g. ones that finished before it started): they count in their phase too."""
+        with self._locks[uid]:
+            if uid not in self._written:
+                self._track(uid, status or {})
+
+    def phase_counts(self) -> dict[str, int]:
+        return dict(Counter(self._phases.copy().values()))  # copy(): atomic against writers
 
     def forget(self, uid: str) -> None:
         self._written.pop(uid, None)
         self._locks.pop(uid, None)
+        self._phases.pop(uid, None)
+
+    def _track(self, uid: str, status: dict[str, Any]) -> None:
+        if status.get("phase"):
+            self._phases[uid] = status["phase"]

@@ -2,7 +2,8 @@
 
 Every handler is a plain function of the kwargs kopf passes (body, memo, index…), so tests call
 them directly with real dicts. `memo.kube` is the API (kube.Kube), `memo.book` the status
-writer (book.StatusBook); both are set up at startup.
+writer (book.StatusBook); both are set up at startup. The FineTuneJob handlers return how they
+ended (a `graft_reconcile_total` result) to `metrics.reconciler`, which counts and times them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import kopf
 
+from graft.operator import metrics
 from graft.operator import status as st
 from graft.operator.book import JobKey, StatusBook, Transition
 from graft.operator.kube import CHILD_RESOURCES, FINETUNEJOB, ChildConflict, Kube
@@ -45,6 +47,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     if "kube" not in memo:
         memo.kube = Kube.from_environment()
     memo.book = StatusBook(memo.kube)
+    metrics.count_phases_of(memo.book)
 
 
 @kopf.index(*FINETUNEJOB)
@@ -57,11 +60,12 @@ def finetunejobs(namespace: str, name: str, uid: str, spec: dict[str, Any],
 
 @kopf.on.resume(*FINETUNEJOB)
 @kopf.on.create(*FINETUNEJOB)
-def create_children(body: dict[str, Any], memo: kopf.Memo, patch: dict[str, Any], **_: Any) -> None:
+@metrics.reconciler
+def create_children(body: dict[str, Any], memo: kopf.Memo, patch: dict[str, Any], **_: Any) -> str:
     """Validate, render, create ConfigMap + child (idempotent), and say so in status/events."""
     meta, current = body["metadata"], dict(body.get("status") or {})
     if current.get("phase") in TERMINAL:
-        return  # a finished job stays finished when the operator restarts
+        return "finished"  # a finished job stays finished when the operator restarts
     key = JobKey(meta["namespace"], meta["name"], meta["uid"])
     try:
         job = job_from_body(body)
@@ -73,7 +77,7 @@ def create_children(body: dict[str, Any], memo: kopf.Memo, patch: dict[str, Any]
             "message": "invalid FineTuneJob: " + "; ".join(problems),
             "conditions": [st.condition(st.VALID, False, "InvalidSpec", "; ".join(problems))],
         }, "InvalidSpec", str(exc))
-        return
+        return "invalid"
     try:
         created = [memo.kube.create_or_verify(obj, body) for obj in objects]
     except ChildConflict as exc:
@@ -81,7 +85,10 @@ def create_children(body: dict[str, Any], memo: kopf.Memo, patch: dict[str, Any]
             "phase": "Failed", "message": str(exc),
             "conditions": [st.condition(st.CHILD_CREATED, False, "NameTaken", str(exc))],
         }, "NameTaken", str(exc))
-        return
+        return "rejected"
+    for obj, was_created in zip(objects, created):
+        if was_created:
+            metrics.CHILDREN_CREATED.labels(obj["kind"]).inc()
     child = objects[-1]
     names = " and ".join(f"{o['kind']} {o['metadata']['name']}" for o in objects)
     message = f"created {names}" if all(created) else f"{names} already exist and belong to this job"
@@ -93,17 +100,19 @@ def create_children(body: dict[str, Any], memo: kopf.Memo, patch: dict[str, Any]
             st.condition(st.CHILD_CREATED, True, "Created", message),
         ],
     }, "Created" if any(created) else "ChildExists", message, event_type="Normal")
+    return "created" if any(created) else "exists"
 
 
 @kopf.on.update(*FINETUNEJOB, field="spec")
+@metrics.reconciler
 def spec_changed(old: Any, new: Any, body: dict[str, Any], memo: kopf.Memo, patch: dict[str, Any],
-                 **_: Any) -> None:
+                 **_: Any) -> str:
     """A running job keeps the spec it started with; only spec.suspend reaches the child."""
     meta, current = body["metadata"], dict(body.get("status") or {})
     child = current.get("child")
     if not child:  # never started (e.g. the spec was invalid): the new spec gets a fresh try
-        create_children(body=body, memo=memo, patch=patch)
-        return
+        # the unwrapped handler: this reconcile is counted once, as spec_changed's
+        return create_children.__wrapped__(body=body, memo=memo, patch=patch)
     key = JobKey(meta["namespace"], meta["name"], meta["uid"])
     paths = changed_spec_paths(old, new)
     rejected = [f"spec.{p}" for p in paths if p != "suspend"]
@@ -122,12 +131,17 @@ def spec_changed(old: Any, new: Any, body: dict[str, Any], memo: kopf.Memo, patc
         memo.kube.patch_child(child["kind"], meta["namespace"], child["name"], suspend_patch(backend, suspend))
         verb = "suspended" if suspend else "resumed"
         memo.kube.event(body, "Normal", verb.capitalize(), f"{child['kind']} {child['name']} {verb}")
+    return "rejected" if rejected else "applied"
 
 
 @kopf.on.event(*FINETUNEJOB)
-def finetunejob_gone(type: str | None, uid: str, memo: kopf.Memo, **_: Any) -> None:
+def finetunejob_seen(type: str | None, uid: str, status: dict[str, Any], memo: kopf.Memo,
+                     **_: Any) -> None:
+    """Deleted jobs leave the book; the others count in their phase even if never written to."""
     if type == "DELETED":
         memo.book.forget(uid)
+    else:
+        memo.book.observe(uid, dict(status))
 
 
 def mirror_child(body: dict[str, Any], memo: kopf.Memo, finetunejobs: kopf.Index, **_: Any) -> None:
