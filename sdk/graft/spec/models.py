@@ -136,7 +136,9 @@ class Data(Model):
     )
     validation_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     target: str | None = Field(
-        default=None, description="Unlabelled target-domain data (domain adaptation only)."
+        default=None,
+        description="Target-domain data: its accuracy is reported every epoch, and DANN "
+        "(strategy.domainAdaptation) trains on it without reading its labels.",
     )
     text_field: str = "text"
     label_field: str = "label"
