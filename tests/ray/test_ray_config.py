@@ -66,14 +66,6 @@ def test_relative_paths_are_resolved_because_ray_workers_change_directory(tmp_pa
     assert resolved.spec.data.train == "builtin://sklearn-digits"
 
 
-def test_ray_data_is_refused_before_any_ray_starts(tmp_path):
-    import ray
-
-    with pytest.raises(SpecError, match="useRayData"):
-        ray_train.run(tiny_job("data", tmp_path, ray={"useRayData": True}))
-    assert not ray.is_initialized()
-
-
 def test_the_rendered_rayjob_runs_this_entry_point(tmp_path):
     rayjob = render(tiny_job("rendered", tmp_path), "rayjob")[1]
     python, flag, module, spec_path = rayjob["spec"]["entrypoint"].split()

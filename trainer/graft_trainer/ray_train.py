@@ -65,9 +65,6 @@ def run(job: FineTuneJob, base_dir: Path | None = None) -> ray.train.Result:
     A rerun (or resume) of the same name continues from the newest checkpoint: the one Ray
     Train recorded in its storage if any, else the loop's own auto-resume from checkpoint.dir.
     """
-    if job.spec.ray.use_ray_data:
-        raise SpecError(["ray.useRayData: Ray Data input is not supported yet; set it to false "
-                         "(each worker then reads its own shard through the trainer's data module)"])
     job = with_absolute_paths(job, base_dir or Path.cwd())
     if not ray.is_initialized():
         ray.init(address=job.spec.ray.address)

@@ -366,7 +366,6 @@ class Ray(Model):
         "start a local Ray instance.",
     )
     max_failures: NonNegativeInt = 1
-    use_ray_data: bool = False
     storage_path: str | None = Field(
         default=None, description="Ray Train storage; defaults to <output.dir>/ray."
     )
