@@ -22,10 +22,15 @@ from ray_jobs import EPOCHS, tiny_job, write_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.distributed]
 JOB_TIMEOUT_S = 300
+EVERY_STEPS = 4  # the tiny job runs 8 optimizer steps an epoch: one mid-epoch checkpoint each
 
 
 def _storage(output: Path, name: str) -> Path:
     return output / "ray" / name  # spec.ray.storagePath defaults to <output.dir>/ray
+
+
+def _step(checkpoint_dir_name: str) -> int:
+    return int(checkpoint_dir_name.removeprefix("step-"))
 
 
 def _history(output: Path) -> list[dict]:
@@ -34,9 +39,10 @@ def _history(output: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def ray_run(ray_backend, tmp_path_factory):
-    """One uninterrupted 2-worker run, shared by the tests that inspect it."""
+    """One uninterrupted 2-worker run, shared by the tests that inspect it; it also checkpoints
+    mid-epoch (checkpoint.everySteps), which changes nothing in what it trains."""
     output = tmp_path_factory.mktemp("ray-run") / "out"
-    job = tiny_job("ray-digits", output)
+    job = tiny_job("ray-digits", output, checkpoint={"keepLast": 2, "everySteps": EVERY_STEPS})
     ray_backend.submit(job)
     status = ray_backend.wait(job.metadata.name, timeout=JOB_TIMEOUT_S)
     logs = list(ray_backend.logs(job.metadata.name))
@@ -54,12 +60,31 @@ def test_two_worker_finetune_completes_with_checkpoints_on_disk(ray_backend, ray
     assert [json.loads(line.split("graft-progress ", 1)[1])["epoch"] for line in progress] == [1, 2, 3]
 
     # Ray kept the best keepLast=2 checkpoints, each a complete loop checkpoint of both ranks.
-    kept = sorted(p.name for p in _storage(output, "ray-digits").glob("step-*"))
+    kept = sorted((p.name for p in _storage(output, "ray-digits").glob("step-*")), key=_step)
     assert len(kept) == job.spec.checkpoint.keep_last
     for name in kept:
         files = {p.name for p in (_storage(output, "ray-digits") / name).iterdir()}
         assert {"model.safetensors", "training.pt", "rng-0.pt", "rng-1.pt"} <= files
     assert status.metrics["checkpoint"] == str(_storage(output, "ray-digits") / kept[-1])
+
+    # Every checkpoint the loop wrote, mid-epoch ones included, was registered with Ray once and
+    # in order (so a restart loses at most everySteps steps); a mid-epoch one is scored by the
+    # last validation before it (0.0 before the first), never by a missing score.
+    snapshot = json.loads((_storage(output, "ray-digits") / "checkpoint_manager_snapshot.json").read_text())
+    steps_per_epoch = status.metrics["steps"] // EPOCHS
+    written = list(range(EVERY_STEPS, status.metrics["steps"] + 1, EVERY_STEPS))
+    assert steps_per_epoch % EVERY_STEPS == 0 and len(written) > EPOCHS
+    assert snapshot["current_report_index"] == len(written)
+    registered = list(zip(snapshot["checkpoint_report_indices"], snapshot["checkpoint_results"]))
+    assert sorted(_step(r["checkpoint_dir_name"]) for _, r in registered) == [_step(name) for name in kept]
+    val_accuracy = [0.0] + [m["val_accuracy"] for m in _history(output)]
+    for index, result in registered:
+        metrics = result["metrics"]
+        assert _step(result["checkpoint_dir_name"]) == metrics["step"] == written[index]
+        mid_epoch = metrics["step"] % steps_per_epoch != 0
+        assert ("batch" in metrics) == mid_epoch
+        assert metrics["val_accuracy"] == val_accuracy[metrics["epoch"] - 1 if mid_epoch else metrics["epoch"]]
+    assert any("batch" in r["metrics"] for _, r in registered), "no mid-epoch checkpoint kept: " + str(kept)
 
     # The loop's own outputs, as for any other launcher.
     assert [m["epoch"] for m in _history(output)] == [1, 2, 3]

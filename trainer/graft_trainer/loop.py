@@ -34,9 +34,22 @@ log = logging.getLogger("graft.loop")
 TERMINATION_LOG = Path("/dev/termination-log")
 
 
+VALIDATION_KEYS = ("val_loss", "val_accuracy", "val_macro_f1")
+
+
 @dataclass
 class Hooks:
+    """Callbacks run on EVERY rank (so a hook may make collective calls, e.g. Ray's report).
+
+    `on_epoch_end(record, checkpoint_dir)` sees each epoch's metrics.jsonl record.
+    `on_checkpoint(metrics, checkpoint_dir)` runs after every checkpoint, mid-epoch
+    (checkpoint.everySteps) and end of epoch alike, with the latest metrics known: `step`,
+    `epoch`, `phase`, `train_loss`/`train_accuracy` (running over the epoch so far when
+    mid-epoch, which adds `batch`), `lr`, and the last validation's `val_*` (absent before the
+    first validation)."""
+
     on_epoch_end: Callable[[dict, Path | None], None] | None = None
+    on_checkpoint: Callable[[dict, Path], None] | None = None
     resume_from: Path | None = None
 
 
@@ -50,6 +63,7 @@ class Position:
     sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # epoch loss, correct, count
     best: float | None = None  # best value of training.bestMetric
     best_eval: dict = field(default_factory=dict)
+    last_eval: dict = field(default_factory=dict)  # the last validation: mid-epoch checkpoints carry it
     phase_best: float | None = None  # early stopping, within the current phase
     stale_epochs: int = 0
     epochs_run: int = 0
@@ -123,7 +137,9 @@ def fit(job: FineTuneJob, hooks: Hooks | None = None) -> dict:
                 checkpoint.restore_rng(resume_dir, rank, training.seed + rank + position.step)
                 saved = None
 
-        train_loss, train_accuracy = _train_epoch(job, run, splits, position, accelerator, loss_fn, checkpoints, target)
+        train_loss, train_accuracy = _train_epoch(
+            job, run, splits, position, accelerator, loss_fn, checkpoints, hooks.on_checkpoint, target
+        )
         metrics = evaluate(model, splits.validation.loader(0), accelerator, len(splits.classes), loss_fn)
         position.epoch, position.batch, position.epochs_run = position.epoch + 1, 0, position.epochs_run + 1
         position.elapsed_s += time.monotonic() - started
@@ -136,6 +152,7 @@ def fit(job: FineTuneJob, hooks: Hooks | None = None) -> dict:
         }
         if target:
             record.update(target.evaluate(loss_fn))
+        position.last_eval = {key: record[key] for key in VALIDATION_KEYS}
         _track_best(job, position, record, metrics, model, splits.classes, accelerator)
         _early_stop(job, position, record, stage)
         reporter.log_epoch(record)
@@ -149,14 +166,14 @@ def fit(job: FineTuneJob, hooks: Hooks | None = None) -> dict:
                             best_metric=job.spec.training.best_metric, best_value=position.best,
                             best_epoch=position.best_eval.get("epoch"))
             print("graft-progress " + json.dumps(progress), flush=True)
+        if hooks.on_checkpoint:
+            hooks.on_checkpoint({**record, "step": position.step}, saved_dir)
         if hooks.on_epoch_end:
             hooks.on_epoch_end(record, saved_dir)
 
-    summary = _finish(job, position, reporter, splits.classes, accelerator, _replica_fingerprints(model))
-    if cache:
-        summary["feature_cache"] = cache.summary()
-    if target:
-        summary.update(target.summary())
+    workload = {"feature_cache": cache.summary()} if cache else {}  # in report.json too
+    workload.update(target.summary() if target else {})
+    summary = _finish(job, position, reporter, splits.classes, accelerator, _replica_fingerprints(model), workload)
     if owns_process_group and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return summary
@@ -194,7 +211,8 @@ def _enter_stage(job: FineTuneJob, stage: strategies.Stage, model, accelerator, 
     return Run(stage, wrapped, optimizer, scheduler)
 
 
-def _train_epoch(job, run: Run, splits, position: Position, accelerator, loss_fn, checkpoints: Path, target=None):
+def _train_epoch(job, run: Run, splits, position: Position, accelerator, loss_fn, checkpoints: Path,
+                 on_checkpoint: Callable[[dict, Path], None] | None, target=None):
     """One epoch from `position.batch` on; returns (mean train loss, train accuracy) over ranks."""
     training = job.spec.training
     accumulation, total = training.grad_accumulation, splits.train.batches_per_epoch
@@ -233,13 +251,27 @@ def _train_epoch(job, run: Run, splits, position: Position, accelerator, loss_fn
         bar.update(1)
         every = job.spec.checkpoint.every_steps
         if sync and every and position.step % every == 0 and index + 1 != total:
-            checkpoint.save(checkpoints, position.step, run.model, run.optimizer, run.scheduler,
-                            asdict(position), accelerator, job.spec.checkpoint.keep_last)
+            saved_dir = checkpoint.save(checkpoints, position.step, run.model, run.optimizer, run.scheduler,
+                                        asdict(position), accelerator, job.spec.checkpoint.keep_last)
+            train_loss, train_accuracy = _running_means(position, accelerator)
+            metrics = {
+                "step": position.step, "epoch": position.epoch + 1, "batch": position.batch,
+                "phase": run.stage.phase.name, "train_loss": train_loss, "train_accuracy": train_accuracy,
+                "lr": run.optimizer.param_groups[0]["lr"], **position.last_eval,
+            }
+            if on_checkpoint:
+                on_checkpoint(metrics, saved_dir)
     bar.close()
     if pending:  # a stream's unknown length ended mid-accumulation: those grads never synced
         run.optimizer.zero_grad(set_to_none=True)
-    sums = accelerator.reduce(torch.tensor(position.sums, dtype=torch.float64, device=accelerator.device), "sum")
+    means = _running_means(position, accelerator)
     position.sums = [0.0, 0.0, 0.0]
+    return means
+
+
+def _running_means(position: Position, accelerator) -> tuple[float, float]:
+    """Mean train loss and accuracy of the epoch so far over all ranks (collective)."""
+    sums = accelerator.reduce(torch.tensor(position.sums, dtype=torch.float64, device=accelerator.device), "sum")
     count = max(float(sums[2]), 1.0)
     return float(sums[0]) / count, float(sums[1]) / count
 
@@ -292,7 +324,8 @@ def _replica_fingerprints(model: nn.Module) -> list[str]:
     return gathered
 
 
-def _finish(job, position: Position, reporter: Reporter, classes, accelerator, fingerprints: list[str]) -> dict:
+def _finish(job, position: Position, reporter: Reporter, classes, accelerator, fingerprints: list[str],
+            workload: dict) -> dict:
     output = Path(job.spec.output.dir)
     history = reporter.history() if accelerator.is_main_process else []
     best = position.best_eval
@@ -312,6 +345,7 @@ def _finish(job, position: Position, reporter: Reporter, classes, accelerator, f
         "metrics": str(output / "metrics.jsonl"),
         "report": str(output / "report.json"),
         "replica_fingerprints": fingerprints,
+        **workload,
     }
     reporter.final({
         **summary, "classes": classes, "params": position.params,

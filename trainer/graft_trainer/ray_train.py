@@ -3,8 +3,9 @@
 Ray only replaces the launcher. Each Ray Train worker runs the one training loop
 (`graft_trainer.loop.fit`, Accelerate inside) on the process group and RANK/WORLD_SIZE env that
 `TorchTrainer` sets up, so every worker reads its own shard exactly as under torchrun. Ray adds
-what it is good at: reporting checkpoints to its storage, keeping the best `keepLast` of them,
-and restarting the worker group from the last reported checkpoint when a worker dies.
+what it is good at: registering every checkpoint the loop writes (each epoch's, and the
+mid-epoch ones of checkpoint.everySteps) in its storage, keeping the best `keepLast` of them
+(plus the newest), and restarting the worker group from the newest when a worker dies.
 """
 
 from __future__ import annotations
@@ -145,6 +146,16 @@ def with_absolute_paths(job: FineTuneJob, base: Path) -> FineTuneJob:
     return parse_spec(document)
 
 
+def _unvalidated_score(best_metric: str) -> dict[str, float]:
+    """The score a checkpoint written before the first validation reports: the worst value.
+
+    Ray ranks checkpoints by `checkpoint_score_attribute` and needs it in every report (a
+    missing key scores -inf, which "min" order turns into the best). NaN and inf would rank
+    last but do not survive Ray's JSON snapshot (they come back as null), so a finite bound.
+    Later mid-epoch checkpoints carry the last validation (see loop.Hooks)."""
+    return {best_metric: sys.float_info.max if best_metric == "val_loss" else 0.0}
+
+
 def _train_worker(config: dict[str, Any]) -> dict:
     """Runs in every Ray Train worker: the one loop, with Ray's report and restore wired in."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from local paths, never the Hub
@@ -153,20 +164,20 @@ def _train_worker(config: dict[str, Any]) -> dict:
     job = parse_spec(config["job"])
     is_rank_zero = ray.train.get_context().get_world_rank() == 0
 
-    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+    unvalidated_score = _unvalidated_score(job.spec.training.best_metric)
+
+    def report(metrics: dict, checkpoint_dir: Path) -> None:
         # Every rank must call report (it is a barrier); only rank 0 hands over its checkpoint.
-        checkpoint = None
-        if checkpoint_dir is not None and is_rank_zero:
-            checkpoint = Checkpoint.from_directory(str(checkpoint_dir))
+        checkpoint = Checkpoint.from_directory(str(checkpoint_dir)) if is_rank_zero else None
         ray.train.report(
-            metrics,
+            {**unvalidated_score, **metrics},
             checkpoint=checkpoint,
-            checkpoint_dir_name=Path(checkpoint_dir).name if checkpoint else None,
+            checkpoint_dir_name=checkpoint_dir.name if checkpoint else None,
         )
 
     restored = ray.train.get_checkpoint()
     with restored.as_directory() if restored else nullcontext() as restored_dir:
-        hooks = Hooks(on_epoch_end=report, resume_from=Path(restored_dir) if restored_dir else None)
+        hooks = Hooks(on_checkpoint=report, resume_from=Path(restored_dir) if restored_dir else None)
         return fit(job, hooks)
 
 
