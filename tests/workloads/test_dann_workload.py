@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
+from safetensors.torch import load_file
 
 from workload_jobs import digits_job
-from graft.spec import DomainAdaptation
+from graft.spec import DomainAdaptation, SpecError
+from graft_trainer.builtin import resolve
 from graft_trainer.dann import GradientReversal, reversal_weight
+from graft_trainer.data import image_transform
+from graft_trainer.export import load_exported
 from graft_trainer.loop import fit
 
 DANN_MARGIN = 0.10  # target accuracy points; observed ≈ 0.2 on this seed
@@ -49,3 +56,43 @@ def test_dann_beats_source_only_on_the_shifted_target(source_weights, tmp_path):
     history = [json.loads(line) for line in (tmp_path / "dann" / "metrics.jsonl").read_text().splitlines()]
     assert history[0]["reversal_weight"] == 0.0 and 0 < history[-1]["reversal_weight"] <= 0.5
     assert all("target_accuracy" in m for m in history)
+
+
+def shifted_scans_without_labels(folder: Path) -> Path:
+    """The real digits 5-9 under the synthetic noisy-sensor shift, copied flat into `folder`
+    (no class sub-folders, file names carry no label): what a user's unlabelled target is."""
+    folder.mkdir()
+    for image in sorted(Path(resolve("builtin://sklearn-digits?classes=5-9&shift=noisy")).glob("*/*.png")):
+        shutil.copy(image, folder / image.name)  # names are the scan index, e.g. 0421.png
+    return folder
+
+
+def test_dann_adapts_to_a_flat_folder_of_unlabelled_images_and_exports(source_weights, tmp_path):
+    target = shifted_scans_without_labels(tmp_path / "target")
+    job = digits_job(tmp_path / "out", source_weights, data={"target": str(target), "limit": 160}, strategy={
+        "domainAdaptation": {"hiddenSize": 32, "lambdaMax": 0.5},
+        "phases": [{"name": "adapt", "epochs": 1, "lr": 1.0e-3, "unfreeze": "all"}],  # export = adapted model
+    })
+    summary = fit(job)
+
+    assert summary["adaptation"] == "dann" and summary["target_labelled"] is False
+    assert summary["target_accuracy"] is None and "no labels" in summary["target_accuracy_note"]
+    history = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 1 and 0 < history[0]["reversal_weight"] <= 0.5  # DANN ran on the target batches
+    assert not any(key.startswith("target_") for key in history[0])  # no invented target accuracy
+    exported, source = load_file(tmp_path / "out" / "model" / "model.safetensors"), load_file(source_weights)
+    backbone = [k for k in source if k.startswith("backbone.") and k in exported]
+    assert backbone and any(not torch.equal(exported[k], source[k]) for k in backbone), "DANN left the backbone as it was"
+    model, classes = load_exported(tmp_path / "out" / "model")
+    assert classes == ["5", "6", "7", "8", "9"]
+    image = image_transform(job, train=False)(Image.open(next(target.iterdir())))
+    assert model.eval()(image[None]).shape == (1, 5)  # the export loads and classifies a target scan
+
+
+def test_unlabelled_csv_target_without_domain_adaptation_is_refused(tmp_path):
+    target = shifted_scans_without_labels(tmp_path / "target")
+    manifest = tmp_path / "target.csv"  # a manifest with only the image column
+    manifest.write_text("image\n" + "".join(f"target/{p.name}\n" for p in sorted(target.iterdir())))
+    job = digits_job(tmp_path / "out", None, data={"format": "csv", "target": str(manifest), "limit": 32})
+    with pytest.raises(SpecError, match="has no labels, so there is no target accuracy"):
+        fit(job)

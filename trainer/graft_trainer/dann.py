@@ -10,7 +10,9 @@ How it joins the one training loop: a forward hook on the head keeps the source 
 pooled features; `domain_loss` runs a target batch through the backbone, classifies both
 batches' domains behind the reversal layer, and the loop adds that loss to the task loss.
 Target labels, when the target data has them, are used only by `evaluate` (target accuracy
-every epoch, with or without adaptation, so a source-only run is the baseline).
+every epoch, with or without adaptation, so a source-only run is the baseline). Real target
+data usually has none (a plain folder of images, a manifest without the label column): DANN
+trains on it all the same, and target accuracy is then reported as unavailable, never guessed.
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from graft.spec import DomainAdaptation, FineTuneJob, SpecError
-from graft_trainer.data import RecordDataset, SplitData, Splits, read_records, stream_encoders, to_records
+from graft_trainer.data import Records, RecordDataset, SplitData, Splits, read_records, stream_encoders, to_records
 from graft_trainer.evaluate import evaluate, to_device
 from graft_trainer.models import GraftModel
 
 log = logging.getLogger("graft.dann")
+
+UNLABELLED = -1  # the label index carried by target samples that have no label (never read)
+NO_TARGET_LABELS = "not available: the target data has no labels"
 
 
 class GradientReversal(torch.autograd.Function):
@@ -57,14 +62,24 @@ class TargetDomain:
 
     def __init__(self, job: FineTuneJob, model: GraftModel, splits: Splits, accelerator):
         self.model, self.accelerator, self.classes = model, accelerator, splits.classes
-        inputs, raw = read_records(job.spec.data.target, job, "spec.data.target")
-        records = to_records(inputs, raw, splits.classes, "spec.data.target")
+        inputs, raw = read_records(job.spec.data.target, job, "spec.data.target", labels_optional=True)
+        self.labelled = raw is not None
+        if self.labelled:
+            records = to_records(inputs, raw, splits.classes, "spec.data.target")
+        elif job.spec.strategy.domain_adaptation is None:
+            raise SpecError([
+                f"spec.data.target: '{job.spec.data.target}' has no labels, so there is no target accuracy "
+                "to report; add strategy.domainAdaptation to adapt to it, or remove data.target"
+            ])
+        else:
+            records = Records(inputs, [UNLABELLED] * len(inputs))
+            log.info("target data: %d unlabelled samples (DANN only; no target accuracy)", len(inputs))
         transform_train, collate = stream_encoders(job, train=True)
         transform_eval, _ = stream_encoders(job, train=False) if transform_train else (None, None)
         rank, world = accelerator.process_index, accelerator.num_processes
         common = dict(collate=collate, classes=splits.classes, batch_size=job.spec.training.batch_size, rank=rank,
                       world_size=world, seed=job.spec.training.seed + 7919, num_workers=job.spec.data.num_workers)
-        self.evaluation = SplitData(RecordDataset(records, transform_eval), train=False, **common)
+        self.evaluation = SplitData(RecordDataset(records, transform_eval), train=False, **common) if self.labelled else None
         self.config = job.spec.strategy.domain_adaptation
         self.history: list[float] = []
         self.weight = 0.0  # current λ (0 without adaptation)
@@ -121,18 +136,24 @@ class TargetDomain:
         self.optimizer.zero_grad(set_to_none=True)
 
     def evaluate(self, loss_fn) -> dict:
+        if self.evaluation is None:  # unlabelled target: nothing to measure, nothing invented
+            return {"reversal_weight": self.weight}
         metrics = evaluate(self.model, self.evaluation.loader(0), self.accelerator, len(self.classes), loss_fn)
         self.history.append(metrics["val_accuracy"])
         return {"target_accuracy": metrics["val_accuracy"], "target_macro_f1": metrics["val_macro_f1"],
                 "reversal_weight": self.weight}
 
     def summary(self) -> dict:
-        if self.accelerator.is_main_process and self.history:
-            print(f"target accuracy {self.history[-1]:.4f} (adaptation: {self.config.method if self.config else 'none'})", flush=True)
+        adaptation = self.config.method if self.config else "none"
+        if self.accelerator.is_main_process and (self.history or not self.labelled):
+            accuracy = f"{self.history[-1]:.4f}" if self.labelled else NO_TARGET_LABELS
+            print(f"target accuracy {accuracy} (adaptation: {adaptation})", flush=True)
         return {
-            "adaptation": self.config.method if self.config else "none",
+            "adaptation": adaptation,
+            "target_labelled": self.labelled,
             "target_accuracy": self.history[-1] if self.history else None,
             "best_target_accuracy": max(self.history, default=None),
+            **({} if self.labelled else {"target_accuracy_note": NO_TARGET_LABELS}),
         }
 
 

@@ -50,49 +50,65 @@ class Splits:
 # ------------------------------------------------------------------------------- reading
 
 
-def read_records(location: str, job: FineTuneJob, where: str) -> tuple[list[Any], list[Any]]:
-    """(inputs, raw labels) of one location, in a stable order."""
+def read_records(location: str, job: FineTuneJob, where: str, *, labels_optional: bool = False):
+    """(inputs, raw labels) of one location, in a stable order.
+
+    With `labels_optional` (data.target: DANN never reads its labels) the raw labels are None
+    when the data has none: a folder of images without class sub-folders, or a table without
+    the label column."""
     data = job.spec.data
     path = Path(resolve(location))
     if not path.exists():
         raise SpecError([f"{where}: '{location}' does not exist; point it at your data"])
     if data.format == "imagefolder":
-        return _read_imagefolder(path, where)
+        return _read_imagefolder(path, where, labels_optional)
     if data.format == "hf-disk":
         from datasets import load_from_disk
 
         dataset = load_from_disk(str(path))
         column = data.image_field if job.spec.task == "image-classification" else data.text_field
-        return _columns(dataset, column, data.label_field, where)
+        return _columns(dataset, column, data.label_field, where, labels_optional)
     if job.spec.task == "image-classification":  # a CSV/JSONL manifest: image path + label per row
-        paths, labels = _read_table(path, data.format, data.image_field, data.label_field, where)
+        paths, labels = _read_table(path, data.format, data.image_field, data.label_field, where, labels_optional)
         base = path if path.is_dir() else path.parent  # relative paths are relative to the manifest
         return [base / p for p in paths], labels
-    return _read_table(path, data.format, data.text_field, data.label_field, where)
+    return _read_table(path, data.format, data.text_field, data.label_field, where, labels_optional)
 
 
-def _read_imagefolder(root: Path, where: str) -> tuple[list[Path], list[str]]:
+def _read_imagefolder(root: Path, where: str, labels_optional: bool = False) -> tuple[list[Path], list[str] | None]:
     images, labels = [], []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         for file in sorted(class_dir.rglob("*")):
             if file.suffix.lower() in IMAGE_SUFFIXES:
                 images.append(file)
                 labels.append(class_dir.name)
+    # --- unlabelled target data: images directly in the root, no class sub-folders
+    if labels_optional and root.is_dir():
+        loose = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if loose and images:  # ImageFolder would silently drop the loose ones
+            raise SpecError([f"{where}: {root} has both class sub-folders and {len(loose)} images beside "
+                             "them; keep one layout (<root>/<class>/<image>, or unlabelled <root>/<image>)"])
+        if loose:
+            return loose, None
+    # --- end unlabelled target data
     if not images:
         raise SpecError([f"{where}: no images in class sub-folders of {root} (ImageFolder layout: <root>/<class>/<image>)"])
     return images, labels
 
 
-def _read_table(path: Path, data_format: str, text_field: str, label_field: str, where: str):
+def _read_table(path: Path, data_format: str, text_field: str, label_field: str, where: str,
+                labels_optional: bool = False):
     from datasets import load_dataset
 
     files = sorted(str(p) for p in path.rglob(f"*.{data_format}")) if path.is_dir() else [str(path)]
     builder = "json" if data_format == "jsonl" else data_format
     dataset = load_dataset(builder, data_files=files, split="train")
-    return _columns(dataset, text_field, label_field, where)
+    return _columns(dataset, text_field, label_field, where, labels_optional)
 
 
-def _columns(dataset, input_field: str, label_field: str, where: str):
+def _columns(dataset, input_field: str, label_field: str, where: str, labels_optional: bool = False):
+    if labels_optional and input_field in dataset.column_names and label_field not in dataset.column_names:
+        return list(dataset[input_field]), None  # unlabelled target data
     missing = [f for f in (input_field, label_field) if f not in dataset.column_names]
     if missing:
         raise SpecError([
