@@ -137,7 +137,7 @@ class OperatorProcess:
         self._log.close()
 
 
-def wait_for(condition, timeout: float = 15.0, interval: float = 0.05):
+def wait_for(condition, timeout: float = 60.0, interval: float = 0.05):
     """Poll `condition()` until it returns something truthy; the value, or AssertionError."""
     deadline = time.monotonic() + timeout
     while True:

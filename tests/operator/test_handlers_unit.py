@@ -15,7 +15,7 @@ from graft.operator.reconcile import (
     SUSPEND_PATHS, changed_spec_paths, desired_children, job_from_body, suspend_patch,
 )
 from graft.operator.why import explain_pending
-from graft.spec import SpecError
+from graft.spec import SpecError, parse_spec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "finetunejob.yaml"
 
@@ -131,6 +131,8 @@ def test_pods_give_restarts_and_the_final_summary():
 def test_progress_line_parsing():
     assert st.parse_progress_line('graft-progress {"epoch": 1, "epochs": 3}') == {"epoch": 1, "epochs": 3}
     assert st.parse_progress_line("epoch 1 done") is None
+    ray_forwarded = '(RayTrainWorker pid=4242, ip=10.0.0.7) graft-progress {"epoch": 2, "epochs": 3}'
+    assert st.parse_progress_line(ray_forwarded) == {"epoch": 2, "epochs": 3}
     assert st.parse_progress_line("graft-progress not json") is None
 
 
@@ -154,3 +156,24 @@ def test_rbac_covers_every_child_kind_and_only_verbs_in_use():
         assert verbs[(group, plural)] == {"get", "list", "watch", "create", "patch"}
     assert verbs[("graft.dev", "finetunejobs/status")] == {"patch"}
     assert all("delete" not in v and "update" not in v for v in verbs.values())
+
+
+@pytest.mark.parametrize("target, template_path", [
+    ("pytorchjob", ("pytorchReplicaSpecs", "Master", "template")),
+    ("rayjob", ("submitterPodTemplate",)),
+])
+def test_progress_is_followed_on_the_pod_whose_log_carries_it(target, template_path):
+    """Rank 0's log (PyTorchJob Master; RayJob: the submitter, which tails the Ray driver)."""
+    from graft.operator.handlers import is_rank0_running
+    from graft.render import render
+
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"].setdefault("kubernetes", {})["raySubmissionMode"] = "K8sJobMode"
+    template = render(parse_spec(doc), target)[1]["spec"]
+    for key in template_path:
+        template = template[key]
+    labels = dict(template["metadata"]["labels"])
+    if target == "pytorchjob":  # the training operator adds the replica-type label to its pods
+        labels["training.kubeflow.org/replica-type"] = "master"
+    assert is_rank0_running(labels=labels, status={"phase": "Running"})
+    assert not is_rank0_running(labels={"graft.dev/job": "x"}, status={"phase": "Running"})

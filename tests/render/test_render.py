@@ -90,7 +90,7 @@ def test_rayjob_sizes_one_worker_pod_per_process():
     _, job = render(reference_spec("rayjob"), "rayjob")
     spec = job["spec"]
     assert spec["entrypoint"] == "python -m graft_trainer.ray_train /etc/graft/spec.yaml"
-    assert spec["shutdownAfterJobFinishes"] is True and spec["submissionMode"] == "HTTPMode"
+    assert spec["shutdownAfterJobFinishes"] is True and spec["submissionMode"] == "K8sJobMode"
     (group,) = spec["rayClusterSpec"]["workerGroupSpecs"]
     assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (4, 2, 8)
     worker = group["template"]["spec"]["containers"][0]
@@ -98,6 +98,37 @@ def test_rayjob_sizes_one_worker_pod_per_process():
     assert worker["image"] == "registry.example.com/graft-trainer-ray:0.1.0"
     head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in head["resources"]["limits"]
+
+
+def test_rayjob_submitter_pod_is_restricted_labelled_and_left_to_kuberay_to_command():
+    _, job = render(reference_spec("rayjob"), "rayjob")
+    template = job["spec"]["submitterPodTemplate"]
+    assert template["metadata"]["labels"][JOB_LABEL] == "reviews-minilm"
+    pod = template["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"] == {
+        "type": "RuntimeDefault"
+    }
+    (submitter,) = pod["containers"]
+    assert submitter["image"] == "registry.example.com/graft-trainer-ray:0.1.0"
+    # KubeRay writes its `ray job submit` script into the first container only when it has no command.
+    assert "command" not in submitter and "args" not in submitter
+    security = submitter["securityContext"]
+    assert security["readOnlyRootFilesystem"] and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert {"name": "graft-tmp", "mountPath": "/tmp"} in submitter["volumeMounts"]
+    assert submitter["resources"]["limits"] == {"cpu": "500m", "memory": "512Mi"}
+    assert "AWS_SECRET_ACCESS_KEY" not in {e["name"] for e in submitter["env"]}
+
+
+@pytest.mark.parametrize("mode", ["HTTPMode", "SidecarMode"])
+def test_rayjob_without_a_submitter_job_renders_no_submitter_template(mode):
+    """KubeRay refuses submitterPodTemplate in SidecarMode; HTTPMode runs no submitter pod."""
+    doc = reference_spec("rayjob").to_document()
+    doc["spec"]["kubernetes"]["raySubmissionMode"] = mode
+    _, job = render(parse_spec(doc), "rayjob")
+    assert job["spec"]["submissionMode"] == mode
+    assert "submitterPodTemplate" not in job["spec"]
 
 
 def test_trainjob_references_the_runtime_and_sizes_nodes():

@@ -5,6 +5,7 @@ would on a cluster: through LIST/WATCH/GET responses."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -115,6 +116,30 @@ def test_logs_follow_merges_pods_including_one_that_starts_later(emulator, kube)
         "[tiny-digits-master-0] epoch 1 loss 2.1", "[tiny-digits-master-0] done",
         "[tiny-digits-worker-0] worker ready", "[tiny-digits-worker-0] done",
     ])
+
+
+def _terminated(message, exit_code=0):
+    return {"containerStatuses": [{"name": "pytorch", "image": "graft-trainer", "imageID": "", "ready": False,
+                                   "restartCount": 0, "state": {"terminated": {
+                                       "exitCode": exit_code, "reason": "Completed" if not exit_code else "Error",
+                                       "message": message}}}]}
+
+
+def test_get_reports_the_final_summary_rank0_left_in_its_termination_message(emulator, kube):
+    sdk, core, _ = kube
+    sdk.submit(TINY_JOB)
+    assert sdk.get("tiny-digits").metrics == {}  # no pod has finished yet
+    summary = {"best_metric": "val_accuracy", "best_value": 0.93, "best_epoch": 2, "val_accuracy": 0.91,
+               "epochs_run": 3, "model_dir": "/workspace/out/model"}
+    # A worker that crashed: FallbackToLogsOnError puts its log tail, not JSON, in the message.
+    core.create_namespaced_pod("default", _pod("tiny-digits-worker-0", "Failed", status=_terminated(
+        "Traceback (most recent call last):\nRuntimeError: NCCL timeout", exit_code=1)))
+    core.create_namespaced_pod("default", _pod("other-job-master-0", "Succeeded", job="other-job",
+                                                status=_terminated('{"val_accuracy": 0.11}')))
+    assert sdk.get("tiny-digits").metrics == {}
+    core.create_namespaced_pod("default", _pod("tiny-digits-master-0", "Succeeded",
+                                               status=_terminated(json.dumps(summary))))
+    assert sdk.get("tiny-digits").metrics == summary
 
 
 def test_why_explains_an_unschedulable_gpu_pod_and_a_quota_refusal(emulator, kube):

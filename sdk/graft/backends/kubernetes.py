@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from graft.backends.base import JobExists, JobNotFound, WaitTimeout
 from graft.operator.reconcile import suspend_patch
-from graft.operator.status import from_child
+from graft.operator.status import from_child, termination_summary
 from graft.operator.why import explain_pending
 from graft.render import JOB_LABEL, render
 from graft.spec import FineTuneJob
@@ -110,7 +110,17 @@ class KubernetesBackend:
             raise _api_error(exc, f"{kind} {name}") from None
 
     def get(self, name: str) -> JobStatus:
-        return _status(self._child(name))
+        return _status(self._child(name), metrics=self._final_summary(name))
+
+    def _final_summary(self, name: str) -> dict[str, Any]:
+        """The trainer's final summary from pod status (its /dev/termination-log), {} until
+        one exists. Only rank 0 writes it, so the pod holding one is rank 0's: the Master, or
+        whichever Worker got rank 0 in an elastic job that has no Master."""
+        for pod in self._pods(name):
+            summary = termination_summary(pod)
+            if summary is not None:
+                return summary
+        return {}
 
     def list(self) -> list[JobStatus]:
         found = []
@@ -351,7 +361,7 @@ class _LogFollower:
             self.lines_q.put(None)  # wake the consumer
 
 
-def _status(child: dict[str, Any]) -> JobStatus:
+def _status(child: dict[str, Any], metrics: dict[str, Any] | None = None) -> JobStatus:
     mapped = from_child(child)
     true_conditions = [c for c in mapped.get("conditions", []) if c.get("status") == "True"]
     return JobStatus(
@@ -360,6 +370,7 @@ def _status(child: dict[str, Any]) -> JobStatus:
         message=(true_conditions[-1].get("message", "") if true_conditions else ""),
         start_time=mapped.get("startTime"),
         completion_time=mapped.get("completionTime"),
+        metrics=metrics or {},
     )
 
 

@@ -22,6 +22,7 @@ from graft.operator.reconcile import (
 )
 from graft.operator.why import explain_pending
 from graft.render import RenderError
+from graft.render.common import ROLE_LABEL
 from graft.spec import SpecError
 
 TERMINAL = ("Succeeded", "Failed")
@@ -31,6 +32,7 @@ CHILD_KINDS = {"pytorchjob": "PyTorchJob", "rayjob": "RayJob", "trainjob": "Trai
 RANK0_LABELS = (
     ("training.kubeflow.org/replica-type", "master"),  # PyTorchJob Master
     ("batch.kubernetes.io/job-completion-index", "0"),  # TrainJob node 0 (JobSet)
+    (ROLE_LABEL, "ray-driver"),  # RayJob submitter: the driver log carries the workers' output
 )
 
 

@@ -142,10 +142,12 @@ def termination_summary(pod: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def parse_progress_line(line: str) -> dict[str, Any] | None:
-    """The JSON object of a `graft-progress {...}` log line, None for any other line."""
-    if not line.startswith(PROGRESS_PREFIX):
+    """The JSON object of a `graft-progress {...}` log line, None for any other line. The
+    prefix may follow another one: Ray forwards worker output as `(RayTrainWorker pid=..) ...`."""
+    start = line.find(PROGRESS_PREFIX + "{")
+    if start < 0:
         return None
-    return _json_object(line[len(PROGRESS_PREFIX):])
+    return _json_object(line[start + len(PROGRESS_PREFIX):])
 
 
 def from_progress(report: dict[str, Any], metric: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import yaml
 from graft.spec import FineTuneJob
 
 JOB_LABEL = "graft.dev/job"
+ROLE_LABEL = "graft.dev/role"  # "ray-driver" marks the pod whose log carries a RayJob's progress
 SPEC_DIR = "/etc/graft"
 SPEC_KEY = "spec.yaml"
 SPEC_PATH = f"{SPEC_DIR}/{SPEC_KEY}"

@@ -3,11 +3,17 @@
 KubeRay generates the `ray start` command itself, so Ray containers carry no command; the
 entrypoint runs the Ray Train path of the trainer on the head. The image already holds the
 trainer and pod env reaches every Ray worker, so no runtimeEnvYAML is needed.
+
+In K8sJobMode KubeRay runs `ray job submit` from a Job of its own; its default pod has no
+security context and no Graft label, so Graft supplies that pod's template too.
 """
 
 from __future__ import annotations
 
-from graft.render.common import Manifest, RenderError, SPEC_PATH, container, object_meta, pod_template
+from graft.render.common import (
+    ROLE_LABEL, Manifest, RenderError, SPEC_PATH, container, container_security, object_meta, pod_labels,
+    pod_security, pod_template,
+)
 from graft.spec import FineTuneJob
 
 API_VERSION = "ray.io/v1"
@@ -18,6 +24,9 @@ HEAD_PORTS = [
     {"name": "dashboard", "containerPort": 8265, "protocol": "TCP"},
     {"name": "client", "containerPort": 10001, "protocol": "TCP"},
 ]
+SUBMITTER_CONTAINER = "ray-job-submitter"  # KubeRay's name for the container of its default pod
+# `ray job submit` + `ray job logs --follow` only talk HTTP to the dashboard: a small, fixed size.
+SUBMITTER_RESOURCES = {"cpu": "500m", "memory": "512Mi"}
 
 
 def render_rayjob(job: FineTuneJob, owner: Manifest | None = None) -> Manifest:
@@ -36,12 +45,14 @@ def render_rayjob(job: FineTuneJob, owner: Manifest | None = None) -> Manifest:
     if k8s.active_deadline_seconds is not None:
         spec["activeDeadlineSeconds"] = k8s.active_deadline_seconds
     spec["rayClusterSpec"] = _cluster(job)
+    if k8s.ray_submission_mode == "K8sJobMode":  # SidecarMode refuses the field, HTTPMode has no pod
+        spec["submitterPodTemplate"] = _submitter(job)
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta, "spec": spec}
 
 
 def _cluster(job: FineTuneJob) -> Manifest:
     res = job.spec.resources
-    image = job.spec.kubernetes.ray_image or job.spec.kubernetes.image
+    image = _ray_image(job)
     head = container(job, "ray-head", image=image, ports=HEAD_PORTS, shm=True)
     worker = container(
         job, "ray-worker", image=image, gpus=res.gpus_per_node // res.procs_per_node, shm=True
@@ -65,6 +76,37 @@ def _cluster(job: FineTuneJob) -> Manifest:
     if res.min_nodes is not None:
         cluster["enableInTreeAutoscaling"] = True
     return cluster
+
+
+def _ray_image(job: FineTuneJob) -> str:
+    return job.spec.kubernetes.ray_image or job.spec.kubernetes.image
+
+
+def _submitter(job: FineTuneJob) -> Manifest:
+    """The submitter pod, restricted like the training pods and labelled so the operator and
+    `graft logs` find it. No command: KubeRay fills in its `ray job submit` script (and appends
+    PYTHONUNBUFFERED and the dashboard address to env) when the first container has none.
+    The pod holds no user env or secrets, as it never touches the data."""
+    k8s = job.spec.kubernetes
+    submitter: Manifest = {
+        "name": SUBMITTER_CONTAINER,
+        "image": _ray_image(job),  # the head's image, as KubeRay's default submitter uses
+        "imagePullPolicy": k8s.image_pull_policy,
+        "env": [{"name": "HOME", "value": "/tmp"}],  # the ray CLI writes under HOME; root fs is read-only
+        "resources": {"limits": dict(SUBMITTER_RESOURCES), "requests": dict(SUBMITTER_RESOURCES)},
+        "volumeMounts": [{"name": "graft-tmp", "mountPath": "/tmp"}],
+        "securityContext": container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    return {
+        "metadata": {"labels": {**pod_labels(job), ROLE_LABEL: "ray-driver"}},
+        "spec": {
+            "restartPolicy": "Never",  # a Job's pods must not restart in place; the Job retries
+            "securityContext": pod_security(),
+            "containers": [submitter],
+            "volumes": [{"name": "graft-tmp", "emptyDir": {}}],
+        },
+    }
 
 
 def _batch_scheduler_labels(job: FineTuneJob) -> dict[str, str]:
