@@ -23,3 +23,13 @@ def test_first_command_installs_and_runs_an_example_that_exists():
     assert "python3 -m venv .venv" in first and "pip install" in first
     spec = re.search(r"graft run (\S+\.yaml)", first).group(1)
     assert (REPO / spec).is_file()
+
+
+def test_the_job_shown_in_the_readme_is_valid():
+    from graft.spec import parse_spec
+
+    readme = (REPO / "README.md").read_text()
+    documents = [d for d in re.findall(r"```yaml\n(.*?)\n```", readme, flags=re.S) if "kind: FineTuneJob" in d]
+    assert documents
+    for document in documents:
+        parse_spec(document)  # raises SpecError naming the field if the README drifts from the spec
