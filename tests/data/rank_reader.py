@@ -1,6 +1,6 @@
 """One rank of the distributed data test; test_data_distributed.py starts two as processes.
 
-For every shard location given: reads epoch 0 and epoch 1 with 2 dataloader workers, then
+For every shard location given (`FORMAT=LOCATION`, or a WebDataset location): reads epoch 0 and epoch 1 with 2 dataloader workers, then
 epoch 1 again interrupted after RESUME_AT batches and resumed from that position. After each
 batch it all-reduces a step count over gloo, as a DDP step would: if ranks disagreed on the
 number of batches, a rank would wait forever (the timeout turns that into a failure).
@@ -36,7 +36,9 @@ def main(out: str, locations: list[str]) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     report = {}
     for location in locations:
-        stream = text_stream(location, rank=rank, world_size=world, workers=2, batch_size=8)
+        fmt, _, path = location.rpartition("=")
+        stream = text_stream(path, fmt=fmt or "webdataset", rank=rank, world_size=world,
+                             workers=2, batch_size=8)
         epoch0, epoch1 = steps(stream.loader(0)), steps(stream.loader(1))
         interrupted = []
         for ids in stream.loader(1):  # the "crash": abandon the epoch after RESUME_AT batches

@@ -3,6 +3,7 @@ every supported format reads, bad samples are skipped up to the limit and then f
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from shardgen import png_bytes, text_stream, to_tensor, write_text_shards
 
 from graft_trainer.streaming import (BadDataError, Decoder, Piece, Stream, batches_for, discover,
@@ -102,6 +104,29 @@ def test_jsonl_csv_parquet_hf_and_indexless_shards_stream_every_row(tmp_path, te
         ids = [i for r in range(2) for b in text_stream(location, fmt=fmt, rank=r, world_size=2, workers=2,
                                                        batch_size=4).loader(0) for i in b]
         assert sorted(ids) == list(range(total)), fmt
+
+
+def test_hf_dataset_dict_streams_train_split_with_class_names_and_decoded_images(tmp_path):
+    """A real DatasetDict (generated PNGs, ClassLabel names) saved to disk: its train split's
+    Arrow files are the shards, class names come from its features, images decode to PIL."""
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=["cat", "dog"])})
+    train = datasets.Dataset.from_dict(
+        {"image": [{"bytes": png_bytes(i), "path": None} for i in range(12)],
+         "label": [i % 2 for i in range(12)]}, features=features)
+    datasets.DatasetDict({"train": train, "test": train.select(range(2))}).save_to_disk(
+        str(tmp_path / "dd"), num_shards={"train": 2, "test": 1})
+    source = discover(str(tmp_path / "dd"), "hf-disk")
+    assert source.classes == ("cat", "dog")
+    assert [p.size for p in source.pieces] == [6, 6]
+    decoder = Decoder("image-classification", "text", "label", "image", source.classes, to_tensor)
+    stream = Stream(source.kind, source.pieces, list(source.classes), 4, 0, 0, 1, 2, False, decoder,
+                    lambda xs, ys: (torch.stack(xs), torch.tensor(ys)), 0)
+    images, labels = zip(*stream.loader(0))
+    assert torch.cat(labels).tolist() == [i % 2 for i in range(12)]
+    assert torch.equal(images[0][1], to_tensor(Image.open(io.BytesIO(png_bytes(1)))))
 
 
 def _image_shards(tmp_path, corrupt_keys):

@@ -17,6 +17,9 @@ Why it is built this way:
 - Decoding and augmentation run inside the DataLoader workers; bad samples travel back beside
   the batch so the main process counts them, logs shard and key, and fails past the limit.
 
+Formats: WebDataset tars, JSONL/CSV/Parquet files, and Hugging Face datasets written by
+`save_to_disk` (`hf-disk`), whose Arrow files are the shards.
+
 Locations are fsspec URLs: local paths, file://, and s3:// or gs:// when s3fs/gcsfs is
 installed. Cloud credentials come from the environment: put them in a Kubernetes Secret and
 expose them with `spec.kubernetes.env[].secretKeyRef` (AWS_ACCESS_KEY_ID,
@@ -30,6 +33,7 @@ import io
 import json
 import logging
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import islice
@@ -45,7 +49,6 @@ from graft_trainer.builtin import resolve
 log = logging.getLogger("graft.streaming")
 
 SHUFFLE_WINDOW = 256  # samples held (undecoded) per worker to shuffle inside a shard range
-HF_BLOCK = 1000  # rows per virtual shard of a Hugging Face dataset saved to disk
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff")
 ROW_FORMATS = {"jsonl": "jsonl", "csv": "csv", "parquet": "parquet"}
 SHARD_SUFFIX = {"webdataset": ".tar", "jsonl": ".jsonl", "csv": ".csv", "parquet": ".parquet"}
@@ -79,7 +82,7 @@ class Piece:
 
 @dataclass(frozen=True)
 class Source:
-    kind: str  # "tar" | "jsonl" | "csv" | "parquet" | "hf"
+    kind: str  # "tar" | "jsonl" | "csv" | "parquet" | "arrow" (a Hugging Face dataset)
     pieces: tuple[Piece, ...]
     classes: tuple[str, ...] | None
 
@@ -141,7 +144,11 @@ def _expand(fs, location: str, suffix: str) -> list[str]:
 
 
 def _count(kind: str, url: str) -> int:
-    """Sample count of a shard without an index: headers only (tar), metadata (parquet)."""
+    """Sample count of a shard without an index: headers only (tar), metadata (parquet),
+    record-batch lengths (arrow)."""
+    if kind == "arrow":
+        with _arrow_batches(url) as batches:
+            return sum(batch.num_rows for batch in batches)
     with fsspec.open(url, "rb") as f:
         if kind == "tar":
             import tarfile
@@ -159,22 +166,45 @@ def _count(kind: str, url: str) -> int:
 
 
 def _discover_hf(location: str, label_field: str) -> Source:
-    dataset = _hf_dataset(location)
-    n = len(dataset)
-    pieces = tuple(Piece(location, a, min(a + HF_BLOCK, n)) for a in range(0, n, HF_BLOCK))
-    names = getattr(dataset.features.get(label_field), "names", None)
-    return Source("hf", pieces, tuple(names) if names else None)
+    """A dataset written by `save_to_disk`, streamed as the Arrow files it wrote (one shard
+    each), read the way `load_dataset("arrow", data_files=..., streaming=True)` reads them.
+
+    Not `load_from_disk`: on s3:// or gs:// it downloads the whole dataset before the first
+    row. Not HF's `split_dataset_by_node`: it gives ranks unequal sample counts (whole shards)
+    or makes every rank read everything (every n-th example), and it knows no counts, so it
+    cannot promise the equal batch counts and positional resume the epoch plan gives."""
+    fs, _, _ = fsspec.get_fs_token_paths(location)
+    base = location.rstrip("/")
+    if fs.exists(_strip(f"{base}/dataset_dict.json")):  # a DatasetDict: stream its train split
+        base += "/train"
+    with fsspec.open(f"{base}/state.json", "r") as f:
+        urls = [f"{base}/{data_file['filename']}" for data_file in json.load(f)["_data_files"]]
+    names = getattr(_hf_features(base).get(label_field), "names", None)
+    return Source("arrow", tuple(Piece(u, 0, _count("arrow", u)) for u in urls),
+                  tuple(names) if names else None)
 
 
 @lru_cache(maxsize=4)
-def _hf_dataset(location: str):
-    """A dataset saved with `save_to_disk`: memory-mapped Arrow, read row ranges lazily."""
+def _hf_features(dataset_url: str):
+    """The dataset's `datasets.Features`: they turn stored rows back into what users saved
+    (an Image column's bytes into a PIL image)."""
     import datasets
 
-    loaded = datasets.load_from_disk(location)
-    if isinstance(loaded, datasets.DatasetDict):
-        loaded = loaded["train"]
-    return loaded
+    with fsspec.open(f"{dataset_url}/dataset_info.json", "r") as f:
+        return datasets.Features.from_dict(json.load(f)["features"])
+
+
+@contextmanager
+def _arrow_batches(url: str) -> Iterator:
+    """Record batches of an Arrow stream file. Local files are memory-mapped, so batches that
+    are only counted or skipped are never read from disk; remote ones are read through."""
+    import pyarrow as pa
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, _, (path,) = fsspec.get_fs_token_paths(url)
+    with (pa.memory_map(path) if isinstance(fs, LocalFileSystem) else fsspec.open(url, "rb").open()) as f:
+        yield pa.ipc.open_stream(f)
 
 
 # ---------------------------------------------------------------- the epoch plan (pure)
@@ -303,11 +333,9 @@ def task_positions(task: WorkerTask) -> Iterator[list[int]]:
 
 def read_piece(kind: str, piece: Piece) -> Iterator[tuple[str, Any]]:
     """(key, raw record) for each sample of a piece; the samples before it are skipped by
-    seeking (tar headers, parquet row groups, arrow rows) or unparsed lines (jsonl/csv)."""
-    if kind == "hf":
-        dataset = _hf_dataset(piece.url)
-        for i in range(piece.start, piece.stop):
-            yield str(i), dataset[i]
+    seeking (tar headers, parquet row groups, arrow record batches) or unparsed lines."""
+    if kind == "arrow":
+        yield from _read_arrow(piece)
         return
     with fsspec.open(piece.url, "rb") as f:
         if kind == "tar":
@@ -362,6 +390,20 @@ def _read_parquet(f, piece: Piece) -> Iterator[tuple[str, dict]]:
                 if piece.start <= i < piece.stop:
                     yield str(i), record
         row += rows
+
+
+def _read_arrow(piece: Piece) -> Iterator[tuple[str, dict]]:
+    features = _hf_features(piece.url.rsplit("/", 1)[0])
+    with _arrow_batches(piece.url) as batches:
+        row = 0
+        for batch in batches:
+            lo, hi = max(piece.start - row, 0), min(piece.stop - row, batch.num_rows)
+            if lo < hi:
+                for i, record in enumerate(batch.slice(lo, hi - lo).to_pylist(), start=row + lo):
+                    yield str(i), features.decode_example(record)
+            row += batch.num_rows
+            if row >= piece.stop:
+                return
 
 
 def _read_lines(kind: str, text, piece: Piece) -> Iterator[tuple[str, Any]]:
