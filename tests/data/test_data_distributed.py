@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +14,9 @@ from pathlib import Path
 import pytest
 from shardgen import write_text_shards
 
+from graft.backends.local import free_port
+
 READER = Path(__file__).with_name("rank_reader.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def flat(batches):
@@ -29,7 +24,7 @@ def flat(batches):
 
 
 def _run_two_ranks(tmp_path, locations: list[str]) -> list[dict]:
-    port = _free_port()
+    port = free_port()
     ranks = [
         subprocess.Popen(
             [sys.executable, str(READER), str(tmp_path), *locations],

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,8 @@ from typing import Any
 
 import kmock
 import yaml
+
+from graft.backends.local import free_port
 
 VERBS = ["get", "list", "watch", "create", "update", "patch", "delete"]
 CORE_RESOURCES = {"namespaces": ("Namespace", False), "configmaps": ("ConfigMap", True),
@@ -90,12 +91,6 @@ def declare_crd(handler: kmock.KubernetesEmulator, crd: dict[str, Any]) -> None:
                 shortnames=names.get("shortNames", []),
                 subresources=list(version.get("subresources") or {}),
             )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class OperatorProcess:

@@ -5,7 +5,6 @@ Specs are built as dicts and validated by `graft.spec.parse_spec`, exactly as us
 
 from __future__ import annotations
 
-import copy
 import os
 import sys
 from pathlib import Path
@@ -13,16 +12,10 @@ from pathlib import Path
 import yaml
 
 from graft.spec import parse_spec
+from spec_docs import merge
 
 PYTHON = sys.executable
 REPO = Path(__file__).resolve().parents[2]
-
-
-def merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def digits_doc(tmp_path: Path, **spec) -> dict:

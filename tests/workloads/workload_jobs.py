@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 from graft.spec import parse_spec
+from spec_docs import merge
 
 IMAGE_SIZE = 16  # the 8x8 scans upscaled; small enough for 2 CPU cores
-
-
-def merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def digits_job(output: Path, weights: Path | None, **spec):
