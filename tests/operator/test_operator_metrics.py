@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from emulator import wait_for
+from operator_process import wait_for
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdk_emulator import Emulator
+from kube_emulator import Emulator
 from sdk_specs import TINY_JOB, write_spec
 
 
@@ -31,13 +31,12 @@ def graft_home(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def emulator():
-    emu = Emulator()
-    yield emu
-    emu.close()
+    with Emulator() as running:
+        yield running
 
 
 @pytest.fixture
 def kubeconfig(emulator, tmp_path, monkeypatch) -> Path:
-    path = emulator.kubeconfig(tmp_path / "kubeconfig")
+    path = emulator.write_kubeconfig(tmp_path / "kubeconfig")
     monkeypatch.setenv("KUBECONFIG", str(path))
     return path

@@ -42,6 +42,9 @@ def test_two_rank_ddp_keeps_replicas_identical_and_loss_falls(tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     fingerprints = report["replica_fingerprints"]
     assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1], fingerprints
+    # each rank's peak memory, what a user sizes the pod's memory request from (torch alone is ~300 MiB)
+    assert len(report["peak_rss_mib"]) == 2 and all(200 < rss < 16_000 for rss in report["peak_rss_mib"])
+    assert f"peak memory {max(report['peak_rss_mib']):.0f} MiB per process" in result.stdout
     history = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in history] == [1, 2, 3]
     assert history[-1]["train_loss"] < history[0]["train_loss"]

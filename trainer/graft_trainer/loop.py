@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -173,7 +174,7 @@ def fit(job: FineTuneJob, hooks: Hooks | None = None) -> dict:
 
     workload = {"feature_cache": cache.summary()} if cache else {}  # in report.json too
     workload.update(target.summary() if target else {})
-    summary = _finish(job, position, reporter, splits.classes, accelerator, _replica_fingerprints(model), workload)
+    summary = _finish(job, position, reporter, splits.classes, accelerator, _rank_facts(model), workload)
     if owns_process_group and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return summary
@@ -309,22 +310,25 @@ def _early_stop(job, position: Position, record: dict, stage: strategies.Stage) 
         position.phase_best, position.stale_epochs = None, 0
 
 
-def _replica_fingerprints(model: nn.Module) -> list[str]:
-    """SHA-256 of every rank's parameters: DDP replicas must end identical, and a user (or a
-    test) can see that they did. Buffers are left out: BatchNorm statistics legitimately differ."""
+def _rank_facts(model: nn.Module) -> dict[str, list]:
+    """Per rank: SHA-256 of its parameters (DDP replicas must end identical, and a user or a
+    test can see that they did; buffers are left out, BatchNorm statistics legitimately differ)
+    and its peak resident memory, which sizes the pod's memory request."""
     digest = hashlib.sha256()
     for tensor in model.parameters():
         digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    if not torch.distributed.is_initialized():
-        return [digest.hexdigest()]
-    gathered: list = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, digest.hexdigest())
-    if len(set(gathered)) > 1:
-        log.error("DDP replicas diverged: parameter fingerprints %s", gathered)
-    return gathered
+    mine = (digest.hexdigest(), round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    gathered: list = [mine]
+    if torch.distributed.is_initialized():
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, mine)
+    fingerprints = [fingerprint for fingerprint, _ in gathered]
+    if len(set(fingerprints)) > 1:
+        log.error("DDP replicas diverged: parameter fingerprints %s", fingerprints)
+    return {"replica_fingerprints": fingerprints, "peak_rss_mib": [rss for _, rss in gathered]}
 
 
-def _finish(job, position: Position, reporter: Reporter, classes, accelerator, fingerprints: list[str],
+def _finish(job, position: Position, reporter: Reporter, classes, accelerator, rank_facts: dict[str, list],
             workload: dict) -> dict:
     output = Path(job.spec.output.dir)
     history = reporter.history() if accelerator.is_main_process else []
@@ -344,7 +348,7 @@ def _finish(job, position: Position, reporter: Reporter, classes, accelerator, f
         "plot": str(output / "plot.png"),
         "metrics": str(output / "metrics.jsonl"),
         "report": str(output / "report.json"),
-        "replica_fingerprints": fingerprints,
+        **rank_facts,
         **workload,
     }
     reporter.final({
@@ -357,7 +361,8 @@ def _finish(job, position: Position, reporter: Reporter, classes, accelerator, f
         print(
             f"final validation accuracy {summary['val_accuracy']:.4f} (best {summary['best_metric']} "
             f"{summary['best_value']:.4f} at epoch {summary['best_epoch']}) after {summary['epochs_run']} "
-            f"epochs, {summary['elapsed_s']:.0f} s\nplot: {summary['plot']}\nmodel: {summary['model_dir']}",
+            f"epochs, {summary['elapsed_s']:.0f} s, peak memory {max(summary['peak_rss_mib']):.0f} MiB per "
+            f"process\nplot: {summary['plot']}\nmodel: {summary['model_dir']}",
             flush=True,
         )
         _write_termination_log(summary)

@@ -1,0 +1,65 @@
+"""The operator as a real process (`python -m graft.operator --standalone`) against an API
+endpoint, and the polling helper the emulator tests wait with. Shared by tests/operator and
+bench/bench_operator.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from graft.backends.local import free_port
+
+
+class OperatorProcess:
+    """`python -m graft.operator --standalone` against the emulator, ready once kopf's liveness
+    endpoint answers (the operator has started watching); its Prometheus metrics at
+    `metrics_url`, as the Deployment serves them."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path):
+        self.kubeconfig, self.log_path = kubeconfig, log_path
+
+    def __enter__(self) -> OperatorProcess:
+        port, metrics_port = free_port(), free_port()
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "graft.operator", "--standalone",
+             "--liveness", f"http://127.0.0.1:{port}/healthz", "--metrics-port", str(metrics_port)],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited early:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+                return self
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"operator not ready in 60 s:\n{self.log_path.read_text()[-3000:]}")
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def wait_for(condition, timeout: float = 60.0, interval: float = 0.05):
+    """Poll `condition()` until it returns something truthy; the value, or AssertionError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
