@@ -75,3 +75,9 @@ def test_changed_weights_or_data_miss_the_cache(source_weights, tmp_path):
     assert len({keys(base), keys(fewer), keys(other)}) == 3
     assert not other["feature_cache"]["splits"]["validation"]["hit"]
     assert fewer["feature_cache"]["splits"]["validation"]["hit"]  # validation samples did not change
+
+    # weights re-exported in place (same path, new bytes): the remembered content hash must not hold
+    state[name] = state[name] + 1e-3
+    save_file(state, altered)
+    rewritten = fit(digits_job(tmp_path / "d", altered))
+    assert keys(rewritten) not in {keys(base), keys(other)}

@@ -25,7 +25,9 @@ import torch
 
 from graft.spec import FineTuneJob
 from graft_trainer.builtin import cache_root, resolve
-from graft_trainer.data import SplitData, Splits
+from torch.utils.data import DataLoader, Subset
+
+from graft_trainer.data import BatchCollate, SplitData, Splits
 from graft_trainer.evaluate import to_device
 from graft_trainer.models import GraftModel
 
@@ -97,7 +99,7 @@ def prepare(job: FineTuneJob, splits: Splits, model: GraftModel, accelerator) ->
         hit = _everywhere(path.exists(), accelerator)
         features = torch.load(path, map_location="cpu", weights_only=True) if hit else _compute(model, split, accelerator)
         if not hit and accelerator.is_main_process:
-            _save_atomic(features, path)
+            _write_atomic(path, lambda tmp: torch.save(features, tmp))
         seconds = time.monotonic() - started
         cache.files[name] = {"key": key, "path": str(path), "hit": hit, "seconds": round(seconds, 3)}
         if accelerator.is_main_process:
@@ -134,14 +136,20 @@ def cache_key(job: FineTuneJob, split_name: str, split: SplitData) -> str:
 
 
 def content_hash(path: Path) -> str:
-    """Hash of a file's bytes, or of every file (name + bytes) under a directory."""
-    digest = hashlib.blake2b(digest_size=16)
+    """Hash of a file's bytes, or of every file (name + bytes) under a directory. Remembered
+    under the files' (path, size, mtime), so a multi-GB checkpoint is read once, not per run."""
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    memo = cache_root() / "features" / "content-hashes" / hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:32]
+    if memo.exists():
+        return memo.read_text()
+    digest = hashlib.blake2b(digest_size=16)
     for file in files:
         digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
         with open(file, "rb") as handle:
             while chunk := handle.read(CHUNK):
                 digest.update(chunk)
+    _write_atomic(memo, lambda tmp: tmp.write_text(digest.hexdigest()))
     return digest.hexdigest()
 
 
@@ -171,33 +179,48 @@ def _everywhere(local: bool, accelerator) -> bool:
     return bool(flag.item())
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _compute(model: GraftModel, split: SplitData, accelerator) -> torch.Tensor:
-    """This rank's strided shard through the backbone, then all ranks' shards gathered."""
+    """This rank's strided shard through the backbone, then all ranks' shards gathered.
+
+    Features are stored by sample index, so the pass may visit samples in any order: texts go
+    shortest first, so each batch pads to a length close to its own texts' (the backbone's cost
+    grows with the padded length, not the real one)."""
     was_training = model.training
     model.eval()
     rank, world = accelerator.process_index, accelerator.num_processes
-    n = len(split.dataset)
-    shard = SplitData(split.dataset, split.collate, split.classes, split.batch_size, rank, world, split.seed, train=False,
-                      num_workers=split.num_workers)
-    pieces = []
-    for inputs, _ in shard.loader(0):
-        with accelerator.autocast():
-            pieces.append(model.features(to_device(inputs, accelerator.device)).float().cpu())
+    inputs = split.dataset.records.inputs
+    mine = list(range(rank, len(inputs), world))
+    if inputs and isinstance(inputs[0], str):
+        mine.sort(key=lambda i: len(inputs[i]))
+    batches = DataLoader(Subset(split.dataset, mine), batch_size=split.batch_size, num_workers=split.num_workers,
+                         collate_fn=BatchCollate(split.collate))
+    pieces, bad = [], []
+    for batch, bad_samples in batches:
+        bad += bad_samples
+        if batch is not None and not bad:
+            with accelerator.autocast():
+                pieces.append(model.features(to_device(batch[0], accelerator.device)).float().cpu())
     model.train(was_training)
-    mine = torch.cat(pieces) if pieces else torch.empty(0)
-    shards = [mine]
+    if bad:  # a cached split has a feature for every sample, or it would train on other samples
+        listing = "; ".join(f"{s.source}: {s.error}" for s in bad[:10])
+        raise RuntimeError(f"feature cache: {len(bad)} unreadable samples ({listing}); fix or remove "
+                           "them, or set strategy.cacheFeatures: never")
+    shard = (mine, torch.cat(pieces) if pieces else torch.empty(0, 0))
+    shards = [shard]
     if world > 1:
         shards = [None] * world
-        torch.distributed.all_gather_object(shards, mine)
-    features = torch.empty(n, shards[0].shape[1])
-    for r, block in enumerate(shards):
-        features[r::world] = block
+        torch.distributed.all_gather_object(shards, shard)
+    features = torch.empty(len(inputs), max(block.shape[1] for _, block in shards))
+    for indices, block in shards:
+        if indices:
+            features[torch.tensor(indices, dtype=torch.long)] = block
     return features
 
 
-def _save_atomic(features: torch.Tensor, path: Path) -> None:
+def _write_atomic(path: Path, write) -> None:
+    """`write(tmp)` then rename: ranks and concurrent runs never read half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(features, tmp)
+    write(tmp)
     tmp.replace(path)
