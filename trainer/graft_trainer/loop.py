@@ -138,9 +138,11 @@ def fit(job: FineTuneJob, hooks: Hooks | None = None) -> dict:
                 checkpoint.restore_rng(resume_dir, rank, training.seed + rank + position.step)
                 saved = None
 
+        train_started = time.monotonic()
         train_loss, train_accuracy = _train_epoch(
             job, run, splits, position, accelerator, loss_fn, checkpoints, hooks.on_checkpoint, target
         )
+        train_s = time.monotonic() - train_started
         metrics = evaluate(model, splits.validation.loader(0), accelerator, len(splits.classes), loss_fn)
         position.epoch, position.batch, position.epochs_run = position.epoch + 1, 0, position.epochs_run + 1
         position.elapsed_s += time.monotonic() - started
@@ -150,6 +152,7 @@ def fit(job: FineTuneJob, hooks: Hooks | None = None) -> dict:
             "train_accuracy": train_accuracy, "val_loss": metrics["val_loss"],
             "val_accuracy": metrics["val_accuracy"], "val_macro_f1": metrics["val_macro_f1"],
             "lr": run.optimizer.param_groups[0]["lr"], "elapsed_s": round(position.elapsed_s, 2),
+            "train_s": round(train_s, 3),  # the training steps alone: validation, checkpoint, plot excluded
         }
         if target:
             record.update(target.evaluate(loss_fn))
