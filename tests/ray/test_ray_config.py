@@ -103,3 +103,23 @@ def test_sdk_ray_backend_targets_ray_address_like_ray_job_submit(monkeypatch):
     assert RayBackend(address="http://other:8265").address == "http://other:8265"
     monkeypatch.delenv("RAY_ADDRESS")
     assert RayBackend().address is None  # a local head, started on first use
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    ({"format": "imagefolder", "train": "/data/train", "validation": "/data/val"}, "data.format webdataset"),
+    ({"format": "webdataset", "train": "/data/shards"}, "separate data.validation"),
+    ({"format": "jsonl", "train": "/data/t.jsonl", "validation": "/data/v.jsonl"}, "data.streaming"),
+])
+def test_ray_data_ingest_needs_whole_streamed_shards_and_a_validation_location(tmp_path, data, problem):
+    with pytest.raises(SpecError, match=problem):
+        tiny_job("ingest", tmp_path, data=data, ray={"ingest": "ray-data"})
+
+
+def test_ray_data_ingest_outside_ray_train_is_refused_before_anything_trains(tmp_path):
+    from graft_trainer.loop import fit
+
+    job = tiny_job("ingest", tmp_path, ray={"ingest": "ray-data"},
+                   data={"format": "webdataset", "train": str(tmp_path / "train"), "validation": str(tmp_path / "val")})
+    with pytest.raises(SpecError, match="spec.ray.ingest: 'ray-data' feeds Ray Train workers"):
+        fit(job)
+    assert not (tmp_path / "checkpoints").exists()

@@ -100,6 +100,18 @@ def test_rayjob_sizes_one_worker_pod_per_process():
     assert "nvidia.com/gpu" not in head["resources"]["limits"]
 
 
+def test_rayjob_head_lends_its_cpus_to_ray_data_only_when_ray_data_reads(assert_valid):
+    """Training workers take every worker pod's CPUs: Ray Data's read tasks run on the head."""
+    document = reference_spec("rayjob").to_document()
+    assert render(parse_spec(document), "rayjob")[1]["spec"]["rayClusterSpec"]["headGroupSpec"][
+        "rayStartParams"]["num-cpus"] == "0"
+    document["spec"]["data"].update(format="jsonl", streaming=True, validation="s3://bucket/reviews/val.jsonl")
+    document["spec"]["ray"]["ingest"] = "ray-data"
+    objects = render(parse_spec(document), "rayjob")
+    assert_valid(objects)
+    assert objects[1]["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"] == {"dashboard-host": "0.0.0.0"}
+
+
 def test_rayjob_submitter_pod_is_restricted_labelled_and_left_to_kuberay_to_command():
     _, job = render(reference_spec("rayjob"), "rayjob")
     template = job["spec"]["submitterPodTemplate"]

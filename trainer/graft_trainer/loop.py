@@ -47,11 +47,14 @@ class Hooks:
     (checkpoint.everySteps) and end of epoch alike, with the latest metrics known: `step`,
     `epoch`, `phase`, `train_loss`/`train_accuracy` (running over the epoch so far when
     mid-epoch, which adds `batch`), `lr`, and the last validation's `val_*` (absent before the
-    first validation)."""
+    first validation).
+    `train_data(split)` replaces the training split with one of the same interface (Ray Data's
+    share of it for this worker, under spec.ray.ingest: ray-data)."""
 
     on_epoch_end: Callable[[dict, Path | None], None] | None = None
     on_checkpoint: Callable[[dict, Path], None] | None = None
     resume_from: Path | None = None
+    train_data: Callable[[object], object] | None = None
 
 
 @dataclass
@@ -86,6 +89,9 @@ class Run:
 def fit(job: FineTuneJob, hooks: Hooks | None = None) -> dict:
     hooks = hooks or Hooks()
     spec, training = job.spec, job.spec.training
+    if spec.ray.ingest == "ray-data" and hooks.train_data is None:
+        raise SpecError(["spec.ray.ingest: 'ray-data' feeds Ray Train workers; run it with "
+                         "`graft run --backend ray` or the rayjob backend, or use 'shards' here"])
     started = time.monotonic()
     owns_process_group = not torch.distributed.is_initialized()
     accelerator = _accelerator(training.precision)
@@ -95,6 +101,8 @@ def fit(job: FineTuneJob, hooks: Hooks | None = None) -> dict:
 
     set_seed(training.seed)  # identical initialisation on every rank
     splits = build_splits(job, rank, world)
+    if hooks.train_data:
+        splits.train = hooks.train_data(splits.train)
     model = build_model(job, len(splits.classes)).to(accelerator.device)
     cache = feature_cache.prepare(job, splits, model, accelerator)  # frozen backbone: features once
     splits = cache.splits if cache else splits

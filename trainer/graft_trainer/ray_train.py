@@ -5,7 +5,10 @@ Ray only replaces the launcher. Each Ray Train worker runs the one training loop
 `TorchTrainer` sets up, so every worker reads its own shard exactly as under torchrun. Ray adds
 what it is good at: registering every checkpoint the loop writes (each epoch's, and the
 mid-epoch ones of checkpoint.everySteps) in its storage, keeping the best `keepLast` of them
-(plus the newest), and restarting the worker group from the newest when a worker dies.
+(plus the newest), and restarting the worker group from the newest when a worker dies. With
+`spec.ray.ingest: ray-data`, Ray Data reads the training shards instead (as Ray tasks, on any
+node's free CPUs) and Ray Train hands each worker an equal share; decoding, transforms and the
+bad-sample limit stay the trainer's own (`RayDataSplit`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import os
 import re
 import sys
 from contextlib import nullcontext
+from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +79,79 @@ def run(job: FineTuneJob, base_dir: Path | None = None) -> ray.train.Result:
         train_loop_config={"job": job.to_document()},
         scaling_config=scaling_config(job),
         run_config=run_config(job),
+        datasets=ray_datasets(job),
     )
     return trainer.fit()
+
+
+def ray_datasets(job: FineTuneJob) -> dict[str, ray.data.Dataset] | None:
+    """spec.ray.ingest 'ray-data': the training shards as a Ray Dataset of raw records (Ray
+    Train splits it equally among the workers), in a block order fixed by the seed.
+
+    Ray Data's read tasks need CPUs the workers have not reserved: on a node with N CPUs give
+    the workers fewer (`resources.cpu`), or the reads wait for CPUs that never come free."""
+    if job.spec.ray.ingest != "ray-data":
+        return None
+    from graft_trainer.streaming import discover
+
+    data = job.spec.data
+    source = discover(data.train, data.format, data.label_field)
+    urls = [piece.url for piece in source.pieces]
+    readers = {
+        "tar": lambda: ray.data.read_webdataset(urls, decoder=None),  # raw bytes: the trainer decodes
+        "jsonl": lambda: ray.data.read_json(urls, lines=True),
+        "csv": lambda: ray.data.read_csv(urls),
+        "parquet": lambda: ray.data.read_parquet(urls),
+    }
+    # the trainer's own bar shows each epoch's progress; Ray Data's would add three more
+    # redrawn lines per operator to every log
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    dataset = readers[source.kind]().randomize_block_order(seed=job.spec.training.seed)
+    return {"train": dataset.limit(data.limit) if data.limit else dataset}
+
+
+@dataclass
+class RayDataSplit:
+    """This worker's share of the training Ray Dataset, as the split the loop iterates.
+
+    `stream` is the streamed split the shards path would have read: its decoder, collate,
+    class names, batch size, seed and bad-sample limit apply unchanged; only who reads the
+    shards differs. The share is equal (Ray drops the remainder), so every worker runs the
+    same number of steps. Each epoch reshuffles within a window, seeded by (seed, epoch).
+    Ray Data cannot seek: resuming at batch k re-reads the epoch's first k batches and drops
+    them, which repeats or skips nothing only when Ray Data delivers the same order again."""
+
+    shard: Any  # ray.data.DataIterator, from ray.train.get_dataset_shard
+    stream: Any  # graft_trainer.streaming.Stream
+    world_size: int
+
+    @property
+    def classes(self) -> list[str]:
+        return self.stream.classes
+
+    @property
+    def batches_per_epoch(self) -> int:
+        rows = self.stream.num_samples // self.world_size
+        return -(-rows // self.stream.batch_size)
+
+    def loader(self, epoch: int, start_batch: int = 0):
+        from graft_trainer.streaming import SHUFFLE_WINDOW, EpochBatches, decode_batch
+
+        batches = self.shard.iter_batches(
+            batch_size=self.stream.batch_size, batch_format="numpy",
+            local_shuffle_buffer_size=SHUFFLE_WINDOW, local_shuffle_seed=self.stream.seed + epoch,
+        )
+        decoded = (decode_batch(self.stream.decoder, self.stream.collate, _records(columns))
+                   for columns in islice(batches, start_batch, None))
+        return EpochBatches(decoded, max(0, self.batches_per_epoch - start_batch), self.stream)
+
+
+def _records(columns: dict[str, Any]) -> list[tuple[str, str, dict]]:
+    """A Ray Data batch (column -> array) as (shard, key, record) rows for the decoder."""
+    names = list(columns)
+    rows = [dict(zip(names, values)) for values in zip(*(columns[name] for name in names))]
+    return [(str(row.get("__url__", "ray-data")), str(row.get("__key__", index)), row)
+            for index, row in enumerate(rows)]
 
 
 def scaling_config(job: FineTuneJob) -> ScalingConfig:
@@ -175,9 +251,15 @@ def _train_worker(config: dict[str, Any]) -> dict:
             checkpoint_dir_name=checkpoint_dir.name if checkpoint else None,
         )
 
+    train_data = None
+    if job.spec.ray.ingest == "ray-data":
+        shard, world_size = ray.train.get_dataset_shard("train"), ray.train.get_context().get_world_size()
+        train_data = lambda stream: RayDataSplit(shard, stream, world_size)  # noqa: E731
+
     restored = ray.train.get_checkpoint()
     with restored.as_directory() if restored else nullcontext() as restored_dir:
-        hooks = Hooks(on_checkpoint=report, resume_from=Path(restored_dir) if restored_dir else None)
+        hooks = Hooks(on_checkpoint=report, resume_from=Path(restored_dir) if restored_dir else None,
+                      train_data=train_data)
         return fit(job, hooks)
 
 

@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import islice
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import fsspec
 import torch
@@ -513,21 +513,15 @@ class _EpochStream(IterableDataset):
         first = min(min(b) for b in batches)
         records = self._records(task, first)
         held: dict[int, tuple[str, str, Any]] = {}
+
+        def take(pos: int) -> tuple[str, str, Any]:
+            while pos not in held:
+                at, shard, key, record = next(records)
+                held[at] = (shard, key, record)
+            return held.pop(pos)
+
         for positions in batches:
-            inputs, labels, bad = [], [], []
-            for pos in positions:
-                while pos not in held:
-                    at, shard, key, record = next(records)
-                    held[at] = (shard, key, record)
-                shard, key, record = held.pop(pos)
-                try:
-                    x, y = self.decoder(record)
-                except Exception as exc:  # noqa: BLE001 - any decode failure is bad data
-                    bad.append({"shard": shard, "key": key, "error": f"{type(exc).__name__}: {exc}"})
-                    continue
-                inputs.append(x)
-                labels.append(y)
-            yield (self.collate(inputs, labels) if inputs else None), bad
+            yield decode_batch(self.decoder, self.collate, [take(pos) for pos in positions])
 
     def _records(self, task: WorkerTask, first: int) -> Iterator[tuple[int, str, str, Any]]:
         """Records of the task's run from position `first` on, numbered by position."""
@@ -541,10 +535,26 @@ class _EpochStream(IterableDataset):
             offset += piece.size
 
 
-class _EpochLoader:
-    """Iterable of batches for one epoch; counts and checks bad samples in the main process."""
+def decode_batch(decoder: Decoder, collate: Callable, records: list[tuple[str, str, Any]]) -> tuple[Any, list[dict]]:
+    """(collated batch, or None when every sample is bad; the bad samples) of (shard, key,
+    record) triples: bad samples travel beside the batch, to be counted where the limit is."""
+    inputs, labels, bad = [], [], []
+    for shard, key, record in records:
+        try:
+            x, y = decoder(record)
+        except Exception as exc:  # noqa: BLE001 - any decode failure is bad data
+            bad.append({"shard": shard, "key": key, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        inputs.append(x)
+        labels.append(y)
+    return (collate(inputs, labels) if inputs else None), bad
 
-    def __init__(self, loader: DataLoader, length: int, stream: "Stream"):
+
+class EpochBatches:
+    """Batches of one epoch from (batch, bad samples) pairs; counts and checks the bad samples
+    in the training process (the Ray Data ingest of graft_trainer.ray_train uses it too)."""
+
+    def __init__(self, loader: Iterable[tuple[Any, list[dict]]], length: int, stream: "Stream"):
         self._loader, self._length, self._stream = loader, length, stream
 
     def __len__(self) -> int:
@@ -584,7 +594,7 @@ class Stream:
     def batches_per_epoch(self) -> int:
         return batches_for(self.num_samples, self.world_size, self.batch_size)
 
-    def loader(self, epoch: int, start_batch: int = 0) -> _EpochLoader:
+    def loader(self, epoch: int, start_batch: int = 0) -> EpochBatches:
         n_batches, tasks = plan_rank(
             self.pieces, seed=self.seed, epoch=epoch, rank=self.rank,
             world_size=self.world_size, batch_size=self.batch_size,
@@ -599,7 +609,7 @@ class Stream:
             # Own generator: augmentation in workers is seeded by (seed, epoch, rank) only.
             generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 1009 + self.rank),
         )
-        return _EpochLoader(loader, max(0, n_batches - start_batch), self)
+        return EpochBatches(loader, max(0, n_batches - start_batch), self)
 
     def record_bad(self, bad: list[dict]) -> None:
         for item in bad:

@@ -65,10 +65,14 @@ def _cluster(job: FineTuneJob) -> Manifest:
         "rayStartParams": {},
         "template": pod_template(job, [worker], shm=True),
     }
+    head_params = {"dashboard-host": "0.0.0.0"}
+    if job.spec.ray.ingest != "ray-data":
+        # num-cpus 0 keeps training workers off the head; it only drives the job. With Ray
+        # Data ingest its CPUs run the read tasks, which the training workers leave no room for.
+        head_params["num-cpus"] = "0"
     cluster: Manifest = {
-        # num-cpus 0 keeps training workers off the head; it only drives the job.
         "headGroupSpec": {
-            "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+            "rayStartParams": head_params,
             "template": pod_template(job, [head], shm=True),
         },
         "workerGroupSpecs": [group],

@@ -369,6 +369,15 @@ class Ray(Model):
     storage_path: str | None = Field(
         default=None, description="Ray Train storage; defaults to <output.dir>/ray."
     )
+    ingest: Literal["shards", "ray-data"] = Field(
+        default="shards",
+        description="How Ray Train workers get the training data. 'shards': each worker streams "
+        "its own share of the shards, as under torchrun (exact coverage, exact mid-epoch "
+        "resume). 'ray-data': the training shards are read as a Ray Dataset and split among "
+        "the workers by Ray Data (reading spread over the cluster's CPUs); needs streamed data "
+        "(format webdataset, or streaming with jsonl/csv/parquet) and data.validation; a "
+        "mid-epoch resume re-reads the epoch's first batches to skip them.",
+    )
 
 
 class FineTuneJobSpec(Model):
@@ -407,6 +416,17 @@ class FineTuneJobSpec(Model):
                 raise ValueError("text-classification needs an 'hf/<model dir>' backbone")
         if self.strategy.domain_adaptation and not self.data.target:
             raise ValueError("strategy.domainAdaptation needs data.target (unlabelled target data)")
+        if self.ray.ingest == "ray-data":
+            streamed = self.data.format == "webdataset" or (
+                self.data.streaming and self.data.format in {"jsonl", "csv", "parquet"})
+            if not streamed or not self.data.validation:
+                raise ValueError(
+                    "ray.ingest 'ray-data' reads whole training shards with Ray Data: set "
+                    "data.format webdataset (or data.streaming with jsonl/csv/parquet) and a "
+                    "separate data.validation location, or use ray.ingest 'shards'"
+                )
+            if self.data.balance != "none":
+                raise ValueError("ray.ingest 'ray-data' streams without class counts: set data.balance 'none'")
         if self.strategy.cache_features == "always" and not self.can_cache_features:
             raise ValueError(
                 "strategy.cacheFeatures 'always' needs every phase to keep the backbone frozen "
