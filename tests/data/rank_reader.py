@@ -9,7 +9,6 @@ Writes the sample ids it saw to <out>/rank-<rank>.json."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from datetime import timedelta
 from pathlib import Path

@@ -12,13 +12,13 @@ from typing import Any
 import yaml
 
 from graft.schema_check import CrdSchemas, core_errors
+from tools import venv_tool
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "graft"
 VALUES_DIR = Path(__file__).parent / "values"
 OVERLAYS = ("standalone", "with-kubeflow", "with-kuberay")
 RELEASE, NAMESPACE = "graft", "graft-system"
-KUBECTL = REPO / ".venv" / "bin" / "kubectl"
 
 Manifest = dict[str, Any]
 
@@ -54,8 +54,7 @@ def render_chart(values: dict[str, Any], *, with_crds: bool = True) -> list[Mani
 
 @cache
 def _kustomize_text(path: str) -> str:
-    kubectl = KUBECTL if KUBECTL.exists() else "kubectl"
-    result = subprocess.run([str(kubectl), "kustomize", path], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([venv_tool("kubectl") or "kubectl", "kustomize", path], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, f"kubectl kustomize {path} failed:\n{result.stderr}"
     return result.stdout
 

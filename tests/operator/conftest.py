@@ -30,7 +30,7 @@ def emulator(crds_dir: Path):
 @pytest.fixture(scope="session")
 def kube_api(emulator, tmp_path_factory):
     """A kubernetes client configured for the emulator, as the operator's own is."""
-    from kubernetes import client, config
+    from kubernetes import config
 
     kubeconfig = emulator.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config")
     api = config.new_client_from_config(str(kubeconfig))

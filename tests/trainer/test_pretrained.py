@@ -15,7 +15,7 @@ import torch
 
 from graft_trainer.export import load_exported
 from graft_trainer.loop import fit
-from trainer_jobs import job_of, minilm_dir, text_doc
+from trainer_jobs import job_of, text_doc
 
 pytestmark = pytest.mark.slow
 MARGIN = 0.15
