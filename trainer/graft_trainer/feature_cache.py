@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, Subset
 
 from graft.spec import FineTuneJob
 from graft_trainer.builtin import cache_root, resolve
-from torch.utils.data import DataLoader, Subset
-
 from graft_trainer.data import BatchCollate, SplitData, Splits
 from graft_trainer.evaluate import to_device
 from graft_trainer.models import GraftModel
