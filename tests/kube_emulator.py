@@ -150,7 +150,7 @@ class Emulator:
         return self._in_loop(self.handler._requests.everything)
 
     def request_count(self) -> int:
-        return len(self.requests())
+        return self._in_loop(lambda: len(self.handler._requests))
 
     def stored(self, resource: str, name: str, namespace: str = "default") -> dict | None:
         """The object as stored now, or None when absent or deleted."""
@@ -185,4 +185,3 @@ def declare_crd(handler: _ApiServerLike, crd: dict[str, Any]) -> None:
             declare(handler, f"{group}/{version['name']}/{names['plural']}", kind=names["kind"],
                     singular=names.get("singular"), namespaced=crd["spec"]["scope"] == "Namespaced",
                     shortnames=names.get("shortNames", []), subresources=list(version.get("subresources") or {}))
-
