@@ -1,5 +1,7 @@
 """Dependency directions users rely on: the SDK installs and imports without torch, the trainer
-image never needs cluster clients, and renderers stay pure (no client, no I/O). The import-time
+image never needs cluster clients, renderers stay pure (no client, no I/O), and only the operator
+imports the operator (what the SDK shares with it is in graft.spec.contracts and
+graft.jobstatus). The import-time
 budget of `import graft` is checked in tests/sdk/test_cli.py."""
 
 import ast
@@ -45,3 +47,20 @@ def test_spec_and_renderers_are_pure(folder):
 
     assert _offenders(REPO / "sdk" / "graft" / folder, forbidden) == []
 
+
+
+def test_nothing_outside_the_operator_imports_it():
+    """The SDK, CLI, renderers, deploy generator and trainer read contracts and status from
+    graft.spec.contracts / graft.jobstatus; graft.operator is only the kopf process, which the
+    `graft operator` command starts (its one import, of graft.operator.run)."""
+    operator = REPO / "sdk" / "graft" / "operator"
+    starts_it = {"sdk/graft/cli.py: graft.operator"}
+    offenders = [
+        f"{file}: {name}"
+        for folder in (REPO / "sdk", REPO / "trainer")
+        for file, names in _imports(folder).items()
+        for name in names
+        if (name == "graft.operator" or name.startswith("graft.operator."))
+        and not (REPO / file).is_relative_to(operator)
+    ]
+    assert set(offenders) <= starts_it, offenders

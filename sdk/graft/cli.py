@@ -24,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from graft.operator import PEERING_NAME
+from graft.spec.contracts import PEERING_NAME
 
 EXIT_ERROR, EXIT_INVALID_SPEC, EXIT_NOT_FOUND, EXIT_JOB_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from graft.spec import FineTuneJob, SpecError
+from graft.spec.contracts import Progress, progress_line
 from graft_trainer import checkpoint, dann, feature_cache, strategies
 from graft_trainer.data import build_splits, loss_weights
 from graft_trainer.evaluate import evaluate, to_device
@@ -147,7 +148,7 @@ def fit(job: FineTuneJob, hooks: Hooks | None = None) -> dict:
                 saved = None
 
         train_started = time.monotonic()
-        train_loss, train_accuracy = _train_epoch(
+        train_loss, train_accuracy, samples = _train_epoch(
             job, run, splits, position, accelerator, loss_fn, checkpoints, hooks.on_checkpoint, target
         )
         train_s = time.monotonic() - train_started
@@ -172,12 +173,16 @@ def fit(job: FineTuneJob, hooks: Hooks | None = None) -> dict:
             checkpoints, position.step, run.model, run.optimizer, run.scheduler, asdict(position),
             accelerator, spec.checkpoint.keep_last,
         )
-        if accelerator.is_main_process:  # what the operator mirrors into FineTuneJob.status
-            progress = {k: record[k] for k in ("epoch", "phase", "train_loss", "val_loss", "val_accuracy", "val_macro_f1")}
-            progress.update(epochs=total_epochs, step=position.step, checkpoint=str(saved_dir),
-                            best_metric=job.spec.training.best_metric, best_value=position.best,
-                            best_epoch=position.best_eval.get("epoch"))
-            print("graft-progress " + json.dumps(progress), flush=True)
+        if accelerator.is_main_process:  # the operator mirrors it into status; the CLI shows it to people
+            progress = Progress(
+                **{k: record[k] for k in ("epoch", "phase", "train_loss", "train_accuracy", "val_loss",
+                                          "val_accuracy", "val_macro_f1", "elapsed_s")},
+                epochs=total_epochs, step=position.step, checkpoint=str(saved_dir),
+                best_metric=job.spec.training.best_metric, best_value=position.best,
+                best_epoch=position.best_eval.get("epoch"), samples_per_s=round(samples / max(train_s, 1e-9), 1),
+                eta_s=round(position.elapsed_s / position.epochs_run * (total_epochs - position.epoch), 1),
+            )
+            print(progress_line(progress), flush=True)
         if hooks.on_checkpoint:
             hooks.on_checkpoint({**record, "step": position.step}, saved_dir)
         if hooks.on_epoch_end:
@@ -225,16 +230,17 @@ def _enter_stage(job: FineTuneJob, stage: strategies.Stage, model, accelerator, 
 
 def _train_epoch(job, run: Run, splits, position: Position, accelerator, loss_fn, checkpoints: Path,
                  on_checkpoint: Callable[[dict, Path], None] | None, target=None):
-    """One epoch from `position.batch` on; returns (mean train loss, train accuracy) over ranks."""
+    """One epoch from `position.batch` on; returns the mean train loss and accuracy over ranks,
+    and the samples all ranks trained on in this call (ranks get equal batches)."""
     training = job.spec.training
     accumulation, total = training.grad_accumulation, splits.train.batches_per_epoch
     trainable = [p for p in run.model.parameters() if p.requires_grad]
     run.model.train()
-    bar = tqdm(
-        total=total, initial=position.batch, disable=not accelerator.is_main_process, leave=False,
+    bar = tqdm(  # a bar only on a terminal: redrawn in a pipe or a pod log, it is one line per batch
+        total=total, initial=position.batch, disable=None if accelerator.is_main_process else True, leave=False,
         desc=f"epoch {position.epoch + 1}/{job.spec.strategy.total_epochs} [{run.stage.phase.name}]",
     )
-    pending = False
+    pending, seen = False, 0
     for index, (inputs, labels) in enumerate(splits.train.loader(position.epoch, position.batch), start=position.batch):
         inputs, labels = to_device(inputs, accelerator.device), labels.to(accelerator.device)
         sync = (index + 1) % accumulation == 0 or index + 1 == total
@@ -259,7 +265,7 @@ def _train_epoch(job, run: Run, splits, position: Position, accelerator, loss_fn
             position.sums[1] + (logits.argmax(-1) == labels).sum().item(),
             position.sums[2] + len(labels),
         ]
-        position.batch = index + 1
+        position.batch, seen = index + 1, seen + len(labels)
         bar.update(1)
         every = job.spec.checkpoint.every_steps
         if sync and every and position.step % every == 0 and index + 1 != total:
@@ -278,7 +284,7 @@ def _train_epoch(job, run: Run, splits, position: Position, accelerator, loss_fn
         run.optimizer.zero_grad(set_to_none=True)
     means = _running_means(position, accelerator)
     position.sums = [0.0, 0.0, 0.0]
-    return means
+    return (*means, seen * accelerator.num_processes)
 
 
 def _running_means(position: Position, accelerator) -> tuple[float, float]:

@@ -14,7 +14,6 @@ bad-sample limit stay the trainer's own (`RayDataSplit`).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -30,8 +29,8 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from graft.spec import FineTuneJob, SpecError, load_spec, parse_spec
+from graft.spec.contracts import Result, Summary, result_line
 
-RESULT_PREFIX = "graft-result "
 _CPU_QUANTITY = re.compile(r"^([0-9]*\.?[0-9]+)(m?)$")
 
 
@@ -51,14 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     except ray.train.TrainingFailedError as exc:
         print(f"graft: Ray Train run failed: {exc}", file=sys.stderr)
         return 1
-    summary = {
-        "metrics": result.metrics,
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
-        "best_checkpoints": [c.path for c, _ in result.best_checkpoints or []],
-        "ray_path": result.path,
-        "summary": result.return_value,
-    }
-    print(RESULT_PREFIX + json.dumps(summary, default=str), flush=True)
+    print(result_line(Result(
+        metrics=result.metrics,
+        checkpoint=result.checkpoint.path if result.checkpoint else None,
+        best_checkpoints=[c.path for c, _ in result.best_checkpoints or []],
+        ray_path=result.path,
+        summary=Summary(**result.return_value) if result.return_value else None,
+    )), flush=True)
     return 0
 
 

@@ -20,20 +20,12 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from graft.backends.base import JobExists, JobNotFound, WaitTimeout
-from graft.operator.reconcile import suspend_patch
-from graft.operator.status import from_child, termination_summary
-from graft.operator.why import explain_pending
-from graft.render import JOB_LABEL, render
+from graft.jobstatus import explain_pending, from_child, suspend_patch, termination_summary
+from graft.render import render
 from graft.spec import FineTuneJob
+from graft.spec.contracts import CHILD_KINDS, JOB_LABEL, SPEC_KEY, spec_configmap_name
 from graft.types import TERMINAL_PHASES, JobRef, JobStatus, Phase
 
-# target -> (group, version, plural, kind)
-CHILD_KINDS = {
-    "pytorchjob": ("kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"),
-    "trainjob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"),
-    "rayjob": ("ray.io", "v1", "rayjobs", "RayJob"),
-}
-SPEC_KEY = "spec.yaml"
 WATCH_SERVER_TIMEOUT_S = 300  # the server ends each watch after this; we reconnect
 STOP_CHECK_S = 5.0
 
@@ -95,7 +87,7 @@ class KubernetesBackend:
         """Which child kind a job is, read from the spec Graft stored beside it."""
         if name not in self._targets:
             try:
-                cm = self.core.read_namespaced_config_map(f"{name}-spec", self.namespace)
+                cm = self.core.read_namespaced_config_map(spec_configmap_name(name), self.namespace)
             except ApiException as exc:
                 raise _api_error(exc, f"job {name}") from None
             document = yaml.safe_load((cm.data or {}).get(SPEC_KEY) or "{}") or {}
@@ -237,7 +229,7 @@ class KubernetesBackend:
         except ApiException as exc:
             raise _api_error(exc, f"{kind} {name}") from None
         try:
-            self.core.delete_namespaced_config_map(f"{name}-spec", self.namespace)
+            self.core.delete_namespaced_config_map(spec_configmap_name(name), self.namespace)
         except ApiException as exc:
             if exc.status != 404:
                 raise

@@ -25,9 +25,9 @@ import yaml
 
 from graft.backends.base import JobExists, JobNotFound, WaitTimeout
 from graft.spec import FineTuneJob
+from graft.spec.contracts import read_progress
 from graft.types import TERMINAL_PHASES, JobRef, JobStatus, Phase
 
-PROGRESS_PREFIX = "graft-progress "
 STOP_GRACE_S = 10.0
 FOLLOW_INTERVAL_S = 0.1  # local files: a short sleep on EOF is what `tail -f` does too
 
@@ -315,11 +315,9 @@ class Supervisor:
             line = line.rstrip("\n")
             with self.lock:
                 log.write(f"[rank {rank}] {line}\n")
-            if rank == 0 and line.startswith(PROGRESS_PREFIX):
-                try:
-                    self._update(metrics=json.loads(line[len(PROGRESS_PREFIX):]))
-                except json.JSONDecodeError:
-                    pass
+            progress = read_progress(line) if rank == 0 else None
+            if progress is not None:
+                self._update(metrics=progress.as_dict())
 
     def _reap(self) -> tuple[int, int] | None:
         """Wait for every rank; the first non-zero exit stops the rest (like torchrun)."""

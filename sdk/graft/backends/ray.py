@@ -32,13 +32,12 @@ import yaml
 
 from graft.backends.base import JobExists, JobNotFound, WaitTimeout
 from graft.spec import FineTuneJob, parse_spec
+from graft.spec.contracts import JOB_LABEL as JOB_KEY
+from graft.spec.contracts import SPEC_ANNOTATION as SPEC_KEY
+from graft.spec.contracts import read_progress, read_result
 from graft.types import TERMINAL_PHASES, JobRef, JobStatus, Phase
 
 ENTRY_MODULE = "graft_trainer.ray_train"
-JOB_KEY = "graft.dev/job"  # metadata on every Ray job Graft submits
-SPEC_KEY = "graft.dev/spec"  # the submitted spec, so resume can resubmit it
-PROGRESS_MARK = "graft-progress "
-RESULT_MARK = "graft-result "
 POLL_S = 1.0
 STOP_TIMEOUT_S = 60.0
 # Ray's job states in Graft's words; a stopped job keeps its Ray Train checkpoints, so a
@@ -218,24 +217,17 @@ class RayBackend:
 
 
 def latest_metrics(log_text: str) -> dict[str, Any]:
-    """The final result if the run printed it, else the newest epoch's progress line.
-
-    Worker lines reach the job log prefixed by Ray ('(RayTrainWorker pid=..) graft-progress
-    {..}'), so the mark is searched anywhere in the line.
-    """
+    """The final result if the run printed it, else the newest epoch's progress line (worker
+    lines reach the job log behind Ray's '(RayTrainWorker pid=..) ' prefix)."""
     latest: dict[str, Any] = {}
     for line in log_text.splitlines():
-        for mark in (PROGRESS_MARK, RESULT_MARK):
-            at = line.find(mark)
-            if at < 0:
-                continue
-            try:
-                payload = json.loads(line[at + len(mark):])
-            except json.JSONDecodeError:
-                continue
-            if mark == RESULT_MARK:
-                return {**latest, **(payload.get("summary") or {}), "checkpoint": payload.get("checkpoint")}
-            latest = payload
+        result = read_result(line)
+        if result is not None:
+            summary = result.summary.as_dict() if result.summary else {}
+            return {**latest, **summary, "checkpoint": result.checkpoint}
+        progress = read_progress(line)
+        if progress is not None:
+            latest = progress.as_dict()
     return latest
 
 

@@ -7,7 +7,7 @@ stays fast.
 
 from __future__ import annotations
 
-PEERING_NAME = "graft-operator"
+from graft.spec.contracts import PEERING_NAME
 
 
 def run(

@@ -17,22 +17,21 @@ from graft.operator import metrics
 from graft.operator import status as st
 from graft.operator.book import JobKey, StatusBook, Transition
 from graft.operator.kube import CHILD_RESOURCES, FINETUNEJOB, ChildConflict, Kube
-from graft.operator.reconcile import (
-    JOB_LABEL, changed_spec_paths, desired_children, job_from_body, suspend_patch,
-)
-from graft.operator.why import explain_pending
+from graft.jobstatus import explain_pending, suspend_patch
+from graft.operator.reconcile import changed_spec_paths, desired_children, job_from_body
 from graft.render import RenderError
-from graft.render.common import ROLE_LABEL
 from graft.spec import SpecError
+from graft.spec.contracts import (
+    FINETUNEJOB as FINETUNEJOB_KIND, JOB_LABEL, OPERATOR_ANNOTATION_PREFIX as STORAGE_PREFIX,
+    RAY_DRIVER_ROLE, ROLE_LABEL, backend_of,
+)
 
 TERMINAL = ("Succeeded", "Failed")
-STORAGE_PREFIX = "operator.graft.dev"
-CHILD_KINDS = {"pytorchjob": "PyTorchJob", "rayjob": "RayJob", "trainjob": "TrainJob"}
 # Labels that mark the pod whose logs carry rank 0's graft-progress lines.
 RANK0_LABELS = (
     ("training.kubeflow.org/replica-type", "master"),  # PyTorchJob Master
     ("batch.kubernetes.io/job-completion-index", "0"),  # TrainJob node 0 (JobSet)
-    (ROLE_LABEL, "ray-driver"),  # RayJob submitter: the driver log carries the workers' output
+    (ROLE_LABEL, RAY_DRIVER_ROLE),  # RayJob submitter: the driver log carries the workers' output
 )
 
 
@@ -129,8 +128,8 @@ def spec_changed(old: Any, new: Any, body: dict[str, Any], memo: kopf.Memo, patc
         }, "SpecChangeRejected", message)
     if "suspend" in paths:
         suspend = bool((new or {}).get("suspend"))
-        backend = next(b for b, kind in CHILD_KINDS.items() if kind == child["kind"])
-        memo.kube.patch_child(child["kind"], meta["namespace"], child["name"], suspend_patch(backend, suspend))
+        memo.kube.patch_child(child["kind"], meta["namespace"], child["name"],
+                              suspend_patch(backend_of(child["kind"]), suspend))
         verb = "suspended" if suspend else "resumed"
         memo.kube.event(body, "Normal", verb.capitalize(), f"{child['kind']} {child['name']} {verb}")
     return "rejected" if rejected else "applied"
@@ -220,7 +219,7 @@ def _report(memo: kopf.Memo, body: dict[str, Any], patch: dict[str, Any], key: J
 
 
 def _announce(kube: Kube, key: JobKey, transition: Transition, message: str) -> None:
-    body = {"apiVersion": "graft.dev/v1alpha1", "kind": "FineTuneJob",
+    body = {"apiVersion": FINETUNEJOB_KIND.api_version, "kind": FINETUNEJOB_KIND.kind,
             "metadata": {"name": key.name, "namespace": key.namespace, "uid": key.uid}}
     event_type = "Warning" if transition.new_phase == "Failed" else "Normal"
     kube.event(body, event_type, transition.new_phase or "Unknown",

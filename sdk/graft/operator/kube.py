@@ -13,18 +13,16 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from graft.operator.reconcile import JOB_LABEL, owned_by
+from graft.operator.reconcile import owned_by
 from graft.operator.status import now
+from graft.spec import contracts
+from graft.spec.contracts import JOB_LABEL
 
 log = logging.getLogger("graft.operator")
 
-# apiVersion/kind -> plural of every kind the operator touches besides core ones.
-FINETUNEJOB = ("graft.dev", "v1alpha1", "finetunejobs")
-CHILD_RESOURCES = {
-    "PyTorchJob": ("kubeflow.org", "v1", "pytorchjobs"),
-    "RayJob": ("ray.io", "v1", "rayjobs"),
-    "TrainJob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs"),
-}
+# (group, version, plural) of every kind the operator touches besides core ones.
+FINETUNEJOB = contracts.FINETUNEJOB[:3]
+CHILD_RESOURCES = {child.kind: child[:3] for child in contracts.CHILD_KINDS.values()}
 
 
 class ChildConflict(RuntimeError):
@@ -122,8 +120,8 @@ class Kube:
             "kind": "Event",
             "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
             "involvedObject": {
-                "apiVersion": body.get("apiVersion", "graft.dev/v1alpha1"),
-                "kind": body.get("kind", "FineTuneJob"),
+                "apiVersion": body.get("apiVersion", contracts.FINETUNEJOB.api_version),
+                "kind": body.get("kind", contracts.FINETUNEJOB.kind),
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "uid": meta.get("uid"),

@@ -5,20 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from graft.jobstatus import suspend_patch  # noqa: F401 (the operator's handlers patch with it)
 from graft.render import render
 from graft.spec import FineTuneJob, parse_spec
+from graft.spec.contracts import JOB_LABEL, OPERATOR_ANNOTATION_PREFIX, SUSPEND_PATHS  # noqa: F401
 
-JOB_LABEL = "graft.dev/job"
 # The metadata keys a FineTuneJob document may carry; the API server adds uid, resourceVersion…
 DOCUMENT_METADATA = ("name", "namespace", "labels", "annotations")
 # Annotations that tools keep on the stored object, not the user's: never copied to children.
-TOOL_ANNOTATION_PREFIXES = ("kubectl.kubernetes.io/", "operator.graft.dev/")
-# Where each child kind keeps its suspend switch.
-SUSPEND_PATHS = {
-    "pytorchjob": ("spec", "runPolicy", "suspend"),
-    "rayjob": ("spec", "suspend"),
-    "trainjob": ("spec", "suspend"),
-}
+TOOL_ANNOTATION_PREFIXES = ("kubectl.kubernetes.io/", f"{OPERATOR_ANNOTATION_PREFIX}/")
 
 
 def job_from_body(body: dict[str, Any]) -> FineTuneJob:
@@ -76,11 +71,3 @@ def changed_spec_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
             paths += changed_spec_paths(old.get(key), new.get(key), f"{prefix}{key}.")
         return paths
     return [prefix.rstrip(".")] if old != new else []
-
-
-def suspend_patch(backend: str, suspend: bool) -> dict[str, Any]:
-    """Merge patch that flips the child's own suspend switch."""
-    patch: Any = suspend
-    for key in reversed(SUSPEND_PATHS[backend]):
-        patch = {key: patch}
-    return patch

@@ -9,12 +9,10 @@ from typing import Any
 
 import yaml
 
-from graft.spec import FineTuneJob
+from graft.spec import FineTuneJob, contracts
+from graft.spec.contracts import JOB_LABEL, SPEC_KEY, TERMINATION_LOG
 
-JOB_LABEL = "graft.dev/job"
-ROLE_LABEL = "graft.dev/role"  # "ray-driver" marks the pod whose log carries a RayJob's progress
 SPEC_DIR = "/etc/graft"
-SPEC_KEY = "spec.yaml"
 SPEC_PATH = f"{SPEC_DIR}/{SPEC_KEY}"
 WORKDIR = "/workspace"
 TRAINER_COMMAND = ["torchrun", "--module", "graft_trainer", SPEC_PATH]
@@ -32,7 +30,7 @@ class RenderError(ValueError):
 
 
 def spec_configmap_name(job: FineTuneJob) -> str:
-    return f"{job.metadata.name}-spec"
+    return contracts.spec_configmap_name(job.metadata.name)
 
 
 def object_meta(job: FineTuneJob, name: str, owner: Manifest | None) -> Manifest:
@@ -173,7 +171,7 @@ def container(
     ports: list[Manifest] | None = None,
     shm: bool = False,
 ) -> Manifest:
-    """One training container; the trainer's /dev/termination-log summary surfaces in pod status."""
+    """One training container; the trainer's termination-log summary surfaces in pod status."""
     k8s = job.spec.kubernetes
     out: Manifest = {"name": name, "image": image or k8s.image, "imagePullPolicy": k8s.image_pull_policy}
     if command:
@@ -190,7 +188,7 @@ def container(
         out["resources"] = sized
     out["volumeMounts"] = volume_mounts(job, shm=shm)
     out["securityContext"] = container_security()
-    out["terminationMessagePath"] = "/dev/termination-log"
+    out["terminationMessagePath"] = TERMINATION_LOG
     out["terminationMessagePolicy"] = "FallbackToLogsOnError"
     return out
 

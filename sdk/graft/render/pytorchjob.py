@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from graft.render.common import Manifest, TRAINER_COMMAND, container, object_meta, pod_template
 from graft.spec import FineTuneJob
+from graft.spec.contracts import CHILD_KINDS
 
-API_VERSION = "kubeflow.org/v1"
-KIND = "PyTorchJob"
+CHILD = CHILD_KINDS["pytorchjob"]
 MASTER_PORT = 23456
 
 
@@ -33,8 +33,8 @@ def render_pytorchjob(job: FineTuneJob, owner: Manifest | None = None) -> Manife
             replicas["Worker"] = _replica(job, res.nodes - 1)
         spec["pytorchReplicaSpecs"] = replicas
     return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
+        "apiVersion": CHILD.api_version,
+        "kind": CHILD.kind,
         "metadata": object_meta(job, job.metadata.name, owner),
         "spec": spec,
     }

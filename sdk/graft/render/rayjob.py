@@ -11,13 +11,13 @@ security context and no Graft label, so Graft supplies that pod's template too.
 from __future__ import annotations
 
 from graft.render.common import (
-    ROLE_LABEL, Manifest, RenderError, SPEC_PATH, container, container_security, object_meta, pod_labels,
+    Manifest, RenderError, SPEC_PATH, container, container_security, object_meta, pod_labels,
     pod_security, pod_template,
 )
 from graft.spec import FineTuneJob
+from graft.spec.contracts import CHILD_KINDS, RAY_DRIVER_ROLE, ROLE_LABEL
 
-API_VERSION = "ray.io/v1"
-KIND = "RayJob"
+CHILD = CHILD_KINDS["rayjob"]
 ENTRYPOINT = f"python -m graft_trainer.ray_train {SPEC_PATH}"
 HEAD_PORTS = [
     {"name": "gcs-server", "containerPort": 6379, "protocol": "TCP"},
@@ -47,7 +47,7 @@ def render_rayjob(job: FineTuneJob, owner: Manifest | None = None) -> Manifest:
     spec["rayClusterSpec"] = _cluster(job)
     if k8s.ray_submission_mode == "K8sJobMode":  # SidecarMode refuses the field, HTTPMode has no pod
         spec["submitterPodTemplate"] = _submitter(job)
-    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta, "spec": spec}
+    return {"apiVersion": CHILD.api_version, "kind": CHILD.kind, "metadata": meta, "spec": spec}
 
 
 def _cluster(job: FineTuneJob) -> Manifest:
@@ -103,7 +103,7 @@ def _submitter(job: FineTuneJob) -> Manifest:
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     return {
-        "metadata": {"labels": {**pod_labels(job), ROLE_LABEL: "ray-driver"}},
+        "metadata": {"labels": {**pod_labels(job), ROLE_LABEL: RAY_DRIVER_ROLE}},
         "spec": {
             "restartPolicy": "Never",  # a Job's pods must not restart in place; the Job retries
             "securityContext": pod_security(),

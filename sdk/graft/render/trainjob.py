@@ -23,9 +23,9 @@ from graft.render.common import (
     volumes,
 )
 from graft.spec import FineTuneJob
+from graft.spec.contracts import CHILD_KINDS, TERMINATION_LOG
 
-API_VERSION = "trainer.kubeflow.org/v1alpha1"
-KIND = "TrainJob"
+CHILD = CHILD_KINDS["trainjob"]
 RUNTIME_KIND = "ClusterTrainingRuntime"
 RUNTIME_NAME = "graft-torch-distributed"
 NODE = "node"  # the replicated job and container the torch plugin injects PET_* env into
@@ -56,7 +56,7 @@ def render_trainjob(job: FineTuneJob, owner: Manifest | None = None) -> Manifest
         trainer["resourcesPerNode"] = sized
     spec: Manifest = {
         "runtimeRef": {
-            "apiGroup": "trainer.kubeflow.org",
+            "apiGroup": CHILD.group,
             "kind": RUNTIME_KIND,
             "name": job.spec.kubernetes.training_runtime,
         },
@@ -67,8 +67,8 @@ def render_trainjob(job: FineTuneJob, owner: Manifest | None = None) -> Manifest
     spec["trainer"] = trainer
     spec["runtimePatches"] = [{"manager": PATCH_MANAGER, "trainingRuntimeSpec": _patch(job)}]
     return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
+        "apiVersion": CHILD.api_version,
+        "kind": CHILD.kind,
         "metadata": object_meta(job, job.metadata.name, owner),
         "spec": spec,
     }
@@ -122,7 +122,7 @@ def render_training_runtime(image: str, name: str = RUNTIME_NAME) -> Manifest:
         "workingDir": WORKDIR,
         "volumeMounts": [dict(m) for m in RUNTIME_MOUNTS],
         "securityContext": container_security(),
-        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod = {
@@ -139,7 +139,7 @@ def render_training_runtime(image: str, name: str = RUNTIME_NAME) -> Manifest:
         },
     }
     return {
-        "apiVersion": API_VERSION,
+        "apiVersion": CHILD.api_version,
         "kind": RUNTIME_KIND,
         "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "graft"}},
         "spec": {
