@@ -1,11 +1,13 @@
-"""Fixtures shared by every test layer: where the real CRDs live, repo paths, and the skips
-for layers that need what this machine may lack (kind/Docker, a GPU)."""
+"""Fixtures shared by every test layer: where the real CRDs live, repo paths, the real control
+plane (tests/controlplane) for the Kubernetes layers, and the skips for layers that need what
+this machine may lack (kind/Docker, a GPU)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,59 @@ def crds_dir() -> Path:
     if not SHARED_CRDS.is_dir():
         pytest.skip(f"real CRDs not found at {SHARED_CRDS} (../shared is absent); schema checks need them")
     return SHARED_CRDS
+
+
+GRAFT_CRDS = sorted((REPO / "charts" / "graft" / "crds").glob("*.yaml"))
+UPSTREAM_CRDS = ("kubeflow.org_pytorchjobs.yaml", "ray.io_rayjobs.yaml", "ray.io_rayclusters.yaml",
+                 "trainer.kubeflow.org_trainjobs.yaml", "trainer.kubeflow.org_clustertrainingruntimes.yaml")
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory, crds_dir):
+    """etcd, kube-apiserver, kube-controller-manager and kube-scheduler on loopback, built by
+    tests/controlplane/build.sh, with Graft's CRDs and the real upstream CRDs installed. A
+    failure to build or start fails the tests that need it, with the step and its log tail."""
+    import yaml
+
+    from controlplane.cluster import ControlPlane, ControlPlaneError
+
+    plane = ControlPlane(tmp_path_factory.mktemp("controlplane"))
+    try:
+        plane.start()
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        crds = [yaml.load(path.read_text(), Loader=loader) for path in GRAFT_CRDS]
+        crds += [yaml.load((crds_dir / name).read_text(), Loader=loader) for name in UPSTREAM_CRDS]
+        plane.install_crds(crds)
+    except ControlPlaneError as exc:
+        plane.stop()
+        pytest.fail(str(exc), pytrace=False)
+    except BaseException:
+        plane.stop()
+        raise
+    print(f"control plane up: build {plane.timings['build_s']:.1f} s, start {plane.timings['start_s']:.1f} s")
+    yield plane
+    plane.stop()
+
+
+@pytest.fixture
+def namespace(control_plane) -> str:
+    """A fresh namespace per test, so jobs of one test never meet another's; deleted after
+    (the real namespace controller removes what is left in it)."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    control_plane.kubectl("create", "namespace", name)
+    yield name
+    control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def node(control_plane, tmp_path_factory):
+    """The node stand-in (tests/node_standin.py, a test harness, not a kubelet): one Node the
+    real scheduler binds pods to, whose containers it runs as local processes."""
+    from kubernetes import config
+
+    from node_standin import NodeStandIn
+
+    api = config.new_client_from_config(str(control_plane.kubeconfig))
+    with NodeStandIn(api, tmp_path_factory.mktemp("node"), control_plane.certs["serving.crt"],
+                     control_plane.certs["serving.key"]) as running:
+        yield running

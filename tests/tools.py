@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from pathlib import Path
 
 
@@ -12,3 +13,15 @@ def venv_tool(name: str) -> str | None:
     PATH; None when neither has it."""
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else shutil.which(name)
+
+
+def wait_for(condition, timeout: float = 60.0, interval: float = 0.05):
+    """Poll `condition()` until it returns something truthy; the value, or AssertionError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
