@@ -12,19 +12,22 @@ Exit codes (the same for every command):
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from graft.spec.contracts import PEERING_NAME
+from graft.spec.contracts import PEERING_NAME, PROGRESS_MARK, Progress, read_progress, read_result
+from graft.spec.extras import missing_extra
 
 EXIT_ERROR, EXIT_INVALID_SPEC, EXIT_NOT_FOUND, EXIT_JOB_FAILED, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 
@@ -62,11 +65,18 @@ class RunBackend(str, Enum):
 
 SpecPath = Annotated[Path, typer.Argument(help="FineTuneJob YAML file.", show_default=False)]
 JobName = Annotated[str, typer.Argument(help="metadata.name of the job.", show_default=False)]
-BackendOpt = Annotated[
-    BackendName, typer.Option("--backend", "-b", envvar="GRAFT_BACKEND", help="Where the job runs.")
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+# The options every command that drives a job shares; `_job_command` adds them.
+JOB_OPTIONS = [
+    inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default=BackendName.kubernetes,
+                      annotation=Annotated[BackendName, typer.Option(
+                          "--backend", "-b", envvar="GRAFT_BACKEND", help="Where the job runs.")]),
+    inspect.Parameter("namespace", inspect.Parameter.KEYWORD_ONLY, default=None,
+                      annotation=Annotated[Optional[str], typer.Option(
+                          "--namespace", "-n", help="Kubernetes namespace.")]),
+    inspect.Parameter("context", inspect.Parameter.KEYWORD_ONLY, default=None,
+                      annotation=Annotated[Optional[str], typer.Option("--context", help="kubeconfig context.")]),
 ]
-NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", "-n", help="Kubernetes namespace.")]
-ContextOpt = Annotated[Optional[str], typer.Option("--context", help="kubeconfig context.")]
 
 
 @contextmanager
@@ -80,15 +90,40 @@ def _errors() -> Iterator[None]:
 
     try:
         yield
+    except typer.Exit:
+        raise
     except (SpecError, RenderError) as exc:
-        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_INVALID_SPEC) from None
+        _fail(str(exc), EXIT_INVALID_SPEC)
     except JobNotFound as exc:
-        err.print(f"not found: {exc}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_NOT_FOUND) from None
+        _fail(f"not found: {exc}", EXIT_NOT_FOUND)
+    except ImportError as exc:
+        missing = missing_extra(exc)
+        if missing is None:
+            raise
+        _fail(f"error: {missing}", EXIT_ERROR)
     except (JobExists, WaitTimeout, RuntimeError, OSError, urllib3.exceptions.HTTPError) as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_ERROR) from None
+        _fail(f"error: {exc}", EXIT_ERROR)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(message, markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from None
+
+
+def _job_command(fn: Callable) -> Callable:
+    """`fn(connect, ...)` as a command with the shared --backend/--namespace/--context options:
+    they are declared once (JOB_OPTIONS), `connect()` builds the client from them (when the
+    command needs it, so a spec is checked before any cluster is), and expected errors end as
+    one line and the documented exit code."""
+    own = list(inspect.signature(fn, eval_str=True).parameters.values())[1:]
+
+    def command(*, backend: BackendName, namespace: str | None, context: str | None, **kwargs: Any) -> None:
+        with _errors():
+            fn(functools.partial(_client, backend, namespace, context), **kwargs)
+
+    command.__signature__ = inspect.Signature([*own, *JOB_OPTIONS])  # what typer reads
+    command.__name__, command.__doc__ = fn.__name__, fn.__doc__
+    return command
 
 
 def _client(backend: BackendName, namespace: str | None = None, context: str | None = None):
@@ -104,15 +139,18 @@ def _load(spec: Path):
     return load_spec(spec)
 
 
+def _say(text: str) -> None:
+    out.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
+
+
 @app.command()
 def validate(spec: SpecPath) -> None:
     """Check a spec; print every problem with the field and the fix (exit 2 if invalid)."""
     with _errors():
         job = _load(spec)
     s = job.spec
-    out.print(f"{spec}: valid FineTuneJob '{job.metadata.name}' ({s.task}, {s.backbone.name}, "
-              f"{len(s.strategy.phases)} phase(s), {s.strategy.total_epochs} epoch(s))",
-              markup=False, highlight=False, soft_wrap=True)
+    _say(f"{spec}: valid FineTuneJob '{job.metadata.name}' ({s.task}, {s.backbone.name}, "
+         f"{len(s.strategy.phases)} phase(s), {s.strategy.total_epochs} epoch(s))")
 
 
 @app.command()
@@ -147,8 +185,8 @@ def run(
         "--output", "-o", help="Overrides output.dir.")] = None,
     backend: Annotated[RunBackend, typer.Option("--backend", "-b")] = RunBackend.local,
 ) -> None:
-    """Run a job here in the foreground with the environment a PyTorchJob pod gets; stream the
-    ranks' merged logs; exit 0 if it succeeds, 4 if it fails."""
+    """Run a job here in the foreground with the environment a PyTorchJob pod gets; show one
+    line per epoch and the ranks' other output; exit 0 if it succeeds, 4 if it fails."""
     from graft.api import Client
 
     with _errors():
@@ -158,45 +196,68 @@ def run(
         client = Client(backend.value, **({"nproc": nproc} if backend is RunBackend.local and nproc else {}))
         ref = client.submit(job)
         try:
-            _stream_with_progress(client.logs(ref.name, follow=True))
+            _show(client.logs(ref.name, follow=True))
             status = client.wait(ref.name)
         except KeyboardInterrupt:
             client.suspend(ref.name)
-            err.print(f"interrupted: job suspended; `graft resume {ref.name} -b {backend.value}` "
-                      f"continues from the newest checkpoint, `graft delete {ref.name} -b "
-                      f"{backend.value}` removes it", markup=False, soft_wrap=True)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+            _fail(f"interrupted: job suspended; `graft resume {ref.name} -b {backend.value}` continues "
+                  f"from the newest checkpoint, `graft delete {ref.name} -b {backend.value}` removes it",
+                  EXIT_INTERRUPTED)
     _finish(status)
 
 
-def _stream_with_progress(lines: Iterator[str]) -> None:
-    """Print the logs; rank 0's `graft-progress` lines drive an epoch bar instead."""
+def _show(lines: Iterable[str]) -> None:
+    """Log lines for people. A `graft-progress` line (one per epoch, for the operator) becomes
+    one readable line and, on a terminal, moves a live epoch bar; `graft-result` lines, for
+    programs, are left out. Both stay as they are in the job's log and in metrics.jsonl."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("epoch"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                TimeElapsedColumn())
-    with Progress(*columns, console=out, transient=False, disable=not out.is_terminal) as bar:
+    with Progress(*columns, console=out, transient=True, disable=not out.is_terminal) as bar:
         task = None
         for line in lines:
-            progress = _progress(line)
-            if progress is None or not out.is_terminal:
-                out.print(line, markup=False, highlight=False, soft_wrap=True)
-            if progress is not None:
-                if task is None:
-                    task = bar.add_task("", total=progress.get("epochs"))
-                accuracy = progress.get("val_accuracy")
-                bar.update(task, completed=progress.get("epoch", 0),
-                           description=f"val_accuracy {accuracy:.3f}" if isinstance(accuracy, float) else "")
+            if read_result(line) is not None:
+                continue
+            progress = read_progress(line)
+            if progress is None:
+                _say(line)
+                continue
+            _say(line.partition(PROGRESS_MARK)[0] + describe(progress))
+            if task is None:
+                task = bar.add_task("", total=progress.epochs)
+            left = f"{_duration(progress.eta_s)} left" if progress.eta_s is not None else ""
+            bar.update(task, completed=progress.epoch, description=left)
 
 
-def _progress(line: str) -> dict | None:
-    marker = "graft-progress "
-    if marker not in line:
-        return None
-    try:
-        return json.loads(line.split(marker, 1)[1])
-    except json.JSONDecodeError:
-        return None
+def describe(progress: Progress) -> str:
+    """'epoch 2/4 head-only: loss 0.412 / val 0.301, accuracy 0.871 / val 0.913, 1,234
+    samples/s, 35 s left', leaving out what the line does not carry."""
+    def pair(train: float | None, val: float | None) -> str:
+        return " / ".join(f"{label}{value:.3f}" for label, value in (("", train), ("val ", val))
+                          if value is not None)
+
+    parts = [f"epoch {progress.epoch}/{progress.epochs}" + (f" {progress.phase}" if progress.phase else "")]
+    stats = []
+    if progress.train_loss is not None or progress.val_loss is not None:
+        stats.append("loss " + pair(progress.train_loss, progress.val_loss))
+    if progress.train_accuracy is not None or progress.val_accuracy is not None:
+        stats.append("accuracy " + pair(progress.train_accuracy, progress.val_accuracy))
+    if progress.samples_per_s is not None:
+        stats.append(f"{progress.samples_per_s:,.0f} samples/s")
+    if progress.eta_s is not None:
+        stats.append(f"{_duration(progress.eta_s)} left" if progress.epoch < progress.epochs else "done")
+    return parts[0] + (": " + ", ".join(stats) if stats else "")
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def _finish(status) -> None:
@@ -208,40 +269,26 @@ def _finish(status) -> None:
 
 
 @app.command()
-def submit(
-    spec: SpecPath, backend: BackendOpt = BackendName.kubernetes,
-    namespace: NamespaceOpt = None, context: ContextOpt = None,
-) -> None:
+@_job_command
+def submit(connect, spec: SpecPath) -> None:
     """Validate, then create the job (ConfigMap + PyTorchJob/TrainJob/RayJob on Kubernetes)."""
-    with _errors():
-        job = _load(spec)
-        ref = _client(backend, namespace, context).submit(job)
-    out.print(f"submitted {ref.kind or 'job'} {ref.namespace + '/' if ref.namespace else ''}{ref.name}",
-              markup=False, highlight=False, soft_wrap=True)
+    job = _load(spec)
+    ref = connect().submit(job)
+    _say(f"submitted {ref.kind or 'job'} {ref.namespace + '/' if ref.namespace else ''}{ref.name}")
 
 
 @app.command()
-def get(
-    name: JobName, backend: BackendOpt = BackendName.kubernetes,
-    namespace: NamespaceOpt = None, context: ContextOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
+@_job_command
+def get(connect, name: JobName, as_json: AsJson = False) -> None:
     """Show a job's phase, message, times and latest metrics."""
-    with _errors():
-        status = _client(backend, namespace, context).get(name)
-    _print_statuses([status], as_json)
+    _print_statuses([connect().get(name)], as_json)
 
 
 @app.command("list")
-def list_jobs(
-    backend: BackendOpt = BackendName.kubernetes,
-    namespace: NamespaceOpt = None, context: ContextOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
+@_job_command
+def list_jobs(connect, as_json: AsJson = False) -> None:
     """List Graft jobs."""
-    with _errors():
-        statuses = _client(backend, namespace, context).list()
-    _print_statuses(statuses, as_json)
+    _print_statuses(connect().list(), as_json)
 
 
 def _print_statuses(statuses, as_json: bool) -> None:
@@ -261,81 +308,54 @@ def _time(value) -> str:
 
 
 @app.command()
+@_job_command
 def wait(
-    name: JobName, backend: BackendOpt = BackendName.kubernetes,
-    namespace: NamespaceOpt = None, context: ContextOpt = None,
+    connect, name: JobName,
     timeout: Annotated[Optional[float], typer.Option(help="Seconds; exit 1 when exceeded.")] = None,
 ) -> None:
     """Block until the job succeeds (exit 0) or fails (exit 4); watches, never polls."""
-    with _errors():
-        status = _client(backend, namespace, context).wait(name, timeout=timeout)
-    _finish(status)
+    _finish(connect().wait(name, timeout=timeout))
 
 
 @app.command()
+@_job_command
 def logs(
-    name: JobName, backend: BackendOpt = BackendName.kubernetes,
-    namespace: NamespaceOpt = None, context: ContextOpt = None,
+    connect, name: JobName,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")] = False,
 ) -> None:
-    """Print all ranks' logs merged, each line prefixed with its rank or pod."""
-    with _errors():
-        for line in _client(backend, namespace, context).logs(name, follow=follow):
-            print(line, flush=follow)
+    """Print all ranks' logs merged, each line prefixed with its rank or pod; one readable line
+    per epoch."""
+    _show(connect().logs(name, follow=follow))
 
 
 @app.command()
-def events(
-    name: JobName, backend: BackendOpt = BackendName.kubernetes,
-    namespace: NamespaceOpt = None, context: ContextOpt = None,
-) -> None:
+@_job_command
+def events(connect, name: JobName) -> None:
     """Print the events of the job and its pods."""
-    with _errors():
-        for line in _client(backend, namespace, context).events(name):
-            print(line)
+    for line in connect().events(name):
+        _say(line)
 
 
 @app.command()
-def why(
-    name: JobName, backend: BackendOpt = BackendName.kubernetes,
-    namespace: NamespaceOpt = None, context: ContextOpt = None,
-) -> None:
+@_job_command
+def why(connect, name: JobName) -> None:
     """Explain in one paragraph why a job is not running (scheduling, images, quota, volumes)."""
-    with _errors():
-        print(_client(backend, namespace, context).why(name))
+    _say(connect().why(name))
 
 
-@app.command()
-def delete(
-    name: JobName, backend: BackendOpt = BackendName.kubernetes,
-    namespace: NamespaceOpt = None, context: ContextOpt = None,
-) -> None:
-    """Stop and remove a job (its pods or processes and its spec ConfigMap)."""
-    with _errors():
-        _client(backend, namespace, context).delete(name)
-    out.print(f"deleted {name}", markup=False, highlight=False, soft_wrap=True)
+def _change(verb: str, done: str, doc: str) -> None:
+    """Register `graft VERB NAME`, which calls the client's `verb` and says it was done."""
+    def command(connect, name: JobName) -> None:
+        getattr(connect(), verb)(name)
+        _say(f"{done} {name}")
+
+    command.__name__, command.__doc__ = verb, doc
+    app.command(verb)(_job_command(command))
 
 
-@app.command()
-def suspend(
-    name: JobName, backend: BackendOpt = BackendName.kubernetes,
-    namespace: NamespaceOpt = None, context: ContextOpt = None,
-) -> None:
-    """Stop a job's pods/processes but keep the job; `resume` continues from a checkpoint."""
-    with _errors():
-        _client(backend, namespace, context).suspend(name)
-    out.print(f"suspended {name}", markup=False, highlight=False, soft_wrap=True)
-
-
-@app.command()
-def resume(
-    name: JobName, backend: BackendOpt = BackendName.kubernetes,
-    namespace: NamespaceOpt = None, context: ContextOpt = None,
-) -> None:
-    """Start a suspended job again."""
-    with _errors():
-        _client(backend, namespace, context).resume(name)
-    out.print(f"resumed {name}", markup=False, highlight=False, soft_wrap=True)
+_change("delete", "deleted", "Stop and remove a job (its pods or processes and its spec ConfigMap).")
+_change("suspend", "suspended", "Stop a job's pods/processes but keep the job; `resume` continues from a checkpoint.")
+_change("resume", "resumed", "Start a suspended job again.")
 
 
 @app.command()
@@ -352,10 +372,11 @@ def operator(
     verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
 ) -> None:
     """Run the FineTuneJob operator (kopf) against the current cluster."""
-    from graft.operator import run as run_operator
+    with _errors():
+        from graft.operator import run as run_operator
 
-    run_operator(namespace, standalone=standalone, peering_name=peering, liveness_endpoint=liveness,
-                 metrics_port=metrics_port, verbose=verbose)
+        run_operator(namespace, standalone=standalone, peering_name=peering, liveness_endpoint=liveness,
+                     metrics_port=metrics_port, verbose=verbose)
 
 
 @data_app.command("pack")
@@ -370,9 +391,8 @@ def data_pack(
     try:
         index = pack(src, dst, shard_size)
     except (FileNotFoundError, ValueError) as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_INVALID_SPEC) from None
-    out.print(f"wrote {len(index.get('shards', []))} shard(s) to {dst}", markup=False, highlight=False, soft_wrap=True)
+        _fail(f"error: {exc}", EXIT_INVALID_SPEC)
+    _say(f"wrote {len(index.get('shards', []))} shard(s) to {dst}")
 
 
 def main() -> None:

@@ -17,29 +17,25 @@ from __future__ import annotations
 import io
 import json
 import random
-import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import ByteSize, Field, TypeAdapter, ValidationError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".pgm", ".tif", ".tiff"}
-UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-         "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 SHARD_PATTERN = "shards-{:06d}.tar"
+_SHARD_SIZE = TypeAdapter(Annotated[ByteSize, Field(gt=0)])
 
 
 def parse_size(size: str | int) -> int:
-    """'1GB', '512MiB', '200kb' or a byte count → bytes."""
-    if isinstance(size, int):
-        value = size
-    else:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", size)
-        if not match or match.group(2).upper() not in UNITS:
-            raise ValueError(f"shard size {size!r}: use bytes or a unit, e.g. '1GB', '256MiB'")
-        value = int(float(match.group(1)) * UNITS[match.group(2).upper()])
-    if value <= 0:
-        raise ValueError("shard size must be positive")
-    return value
+    """'1GB', '512MiB', '200kb' or a byte count → bytes, as pydantic's ByteSize reads them."""
+    try:
+        return _SHARD_SIZE.validate_python(size)
+    except ValidationError:
+        raise ValueError(f"shard size {size!r}: use a positive byte count or a unit, e.g. '1GB', "
+                         "'256MiB'") from None
 
 
 @dataclass(frozen=True)
