@@ -48,12 +48,12 @@ def ids_collate(texts: list[str], labels: list[int]) -> list[int]:
 
 
 def text_stream(location: str, *, fmt: str = "webdataset", rank: int = 0, world_size: int = 1,
-                workers: int = 0, batch_size: int = 4, max_bad: int = 0, shuffle: bool = True) -> Stream:
+                workers: int = 0, batch_size: int = 4, shuffle: bool = True) -> Stream:
     source = discover(location, fmt)
     classes = list(source.classes or ["c0", "c1", "c2"])
     decoder = Decoder("text-classification", "text", "label", "image", tuple(classes))
     return Stream(source.kind, source.pieces, classes, batch_size, 7, rank, world_size, workers,
-                  shuffle, decoder, ids_collate, max_bad)
+                  shuffle, decoder, ids_collate)
 
 
 def to_tensor(image) -> torch.Tensor:

@@ -1,5 +1,8 @@
 """`python -m graft_trainer SPEC.yaml [--output DIR]`: one process of a (possibly distributed)
-run. The launcher (torchrun, `graft run`, the Kubeflow operators) sets the distributed env."""
+run. The launcher (torchrun, `graft run`, the Kubeflow operators) sets the distributed env.
+
+Expected endings print one error line (no traceback) and leave it as the termination message:
+exit 2 for an invalid spec, 1 for bad data, PREEMPTED_EXIT_CODE after a SIGTERM checkpoint."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import os
 import sys
 
 from graft.spec import SpecError, load_spec
+from graft.spec.contracts import PREEMPTED_EXIT_CODE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,12 +28,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.output:
             job.spec.output.dir = args.output
         from graft_trainer.loop import fit  # torch-heavy: only once the spec is known to be valid
-
-        fit(job)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from graft_trainer.coordination import Preempted
+    from graft_trainer.data import BadDataError
+
+    try:
+        fit(job)
+    except Preempted as exc:
+        return _ended(str(exc), PREEMPTED_EXIT_CODE)
+    except SpecError as exc:
+        return _ended(f"error: {exc}", 2)
+    except BadDataError as exc:
+        return _ended(f"error: bad data: {exc}", 1)
     return 0
+
+
+def _ended(message: str, code: int) -> int:
+    from graft_trainer.report import write_termination_message
+
+    print(message, file=sys.stderr, flush=True)
+    write_termination_message(message)
+    return code
 
 
 if __name__ == "__main__":

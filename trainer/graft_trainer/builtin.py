@@ -18,10 +18,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
+
+from graft.fsutil import publish_dir
 
 VADER_NEUTRAL_BAND = 1.0  # |mean rating| below this is too ambiguous to label
 
@@ -98,11 +99,7 @@ def _cached(name: str, write) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent))
     write(tmp)
-    try:
-        tmp.rename(final)
-    except OSError:  # another rank finished first: its copy is identical
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return publish_dir(tmp, final, replace=False)  # another rank finishing first wrote the same
 
 
 def _write_digits(root: Path, classes: list[int], shift=DIGIT_SHIFTS["none"], imbalance: float = 1.0) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -83,6 +83,7 @@ class TargetDomain:
         self.config = job.spec.strategy.domain_adaptation
         self.history: list[float] = []
         self.weight = 0.0  # current λ (0 without adaptation)
+        self.train_split: SplitData | None = None  # what DANN trains on, with adaptation
         if self.config is None:
             return
         if job.spec.strategy.backbone_always_frozen:
@@ -93,7 +94,9 @@ class TargetDomain:
         width = next(m for m in model.head.modules() if isinstance(m, nn.Linear)).in_features
         self.adversary = domain_classifier(width, self.config.hidden_size).to(accelerator.device)
         self.optimizer = torch.optim.AdamW(self.adversary.parameters(), weight_decay=job.spec.training.optimizer.weight_decay)
-        self.batches = _forever(SplitData(RecordDataset(records, transform_train), train=True, **common))
+        self.train_split = SplitData(RecordDataset(records, transform_train), train=True, **common)
+        self.position = [0, 0]  # (target epoch, batches of it consumed): checkpointed, so a resume
+        self.batches: Iterator | None = None  # continues the target stream where it stood
         per_epoch = -(-splits.train.batches_per_epoch // job.spec.training.grad_accumulation)
         self.total_steps = max(1, per_epoch * job.spec.strategy.total_epochs)
         self.source: torch.Tensor | None = None
@@ -110,6 +113,8 @@ class TargetDomain:
         if self.config is None or self.source is None or not any(p.requires_grad for p in self.model.backbone.parameters()):
             return 0.0
         self.weight = reversal_weight(min(1.0, step / self.total_steps), self.config)
+        if self.batches is None:
+            self.batches = self._target_batches()
         inputs, _ = next(self.batches)
         with self.accelerator.autocast():
             target = self.model.features(to_device(inputs, self.accelerator.device))
@@ -135,10 +140,41 @@ class TargetDomain:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def evaluate(self, loss_fn) -> dict:
+    def _target_batches(self) -> Iterator:
+        """Target batches without end, from `position` on (each epoch reshuffled)."""
+        epoch, batch = self.position
+        while True:
+            for inputs_labels in self.train_split.loader(epoch, batch):
+                self.position = [epoch, self.position[1] + 1]
+                yield inputs_labels
+            epoch, batch = epoch + 1, 0
+            self.position = [epoch, 0]
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps so a resume is the exact continuation: the domain classifier,
+        its optimizer, where the target stream stands, and the target accuracy history."""
+        state: dict = {"history": list(self.history)}
+        if self.config is not None:
+            state.update(adversary=self.adversary.state_dict(), optimizer=self.optimizer.state_dict(),
+                         position=list(self.position))
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state["history"])
+        if self.config is not None:
+            self.adversary.load_state_dict(state["adversary"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.position, self.batches = list(state["position"]), None
+
+    def splits(self) -> list[SplitData]:
+        """The target splits this rank reads (their bad samples count against the limit)."""
+        return [split for split in (self.evaluation, self.train_split) if split is not None]
+
+    def evaluate(self, loss_fn, progress: Callable[[Iterable], Iterable] = lambda batches: batches) -> dict:
+        """Target metrics; `progress` wraps the batches (the watchdog counts each)."""
         if self.evaluation is None:  # unlabelled target: nothing to measure, nothing invented
             return {"reversal_weight": self.weight}
-        metrics = evaluate(self.model, self.evaluation.loader(0), self.accelerator, len(self.classes), loss_fn)
+        metrics = evaluate(self.model, progress(self.evaluation.loader(0)), self.accelerator, len(self.classes), loss_fn)
         self.history.append(metrics["val_accuracy"])
         return {"target_accuracy": metrics["val_accuracy"], "target_macro_f1": metrics["val_macro_f1"],
                 "reversal_weight": self.weight}
@@ -159,10 +195,3 @@ class TargetDomain:
 
 def attach(job: FineTuneJob, model: GraftModel, splits: Splits, accelerator) -> TargetDomain | None:
     return TargetDomain(job, model, splits, accelerator) if job.spec.data.target else None
-
-
-def _forever(split: SplitData) -> Iterator:
-    epoch = 0
-    while True:
-        yield from split.loader(epoch)
-        epoch += 1

@@ -257,11 +257,36 @@ class BadSample(NamedTuple):
 
 
 class BadDataError(RuntimeError):
-    """More corrupt samples than spec.data.maxBadSamples; lists them all."""
+    """Data the job cannot train on, for every reader (files, shards, features): more bad
+    samples than spec.data.maxBadSamples over all ranks of the job, or a batch with no good
+    sample left. Names each sample's file or shard and row/key (the first few; report.json
+    and the logs have all)."""
 
-    def __init__(self, bad: dict[str, str], limit: int):
-        lines = "\n".join(f"  - {source}: {error}" for source, error in bad.items())
-        super().__init__(f"{len(bad)} bad samples exceed data.maxBadSamples={limit}:\n{lines}")
+    SHOWN = 10
+
+    def __init__(self, bad: dict[str, str], why: str):
+        self.bad = dict(bad)
+        lines = [f"  - {source}: {error}" for source, error in list(self.bad.items())[: self.SHOWN]]
+        if len(self.bad) > self.SHOWN:
+            lines.append(f"  - ... and {len(self.bad) - self.SHOWN} more")
+        super().__init__("\n".join([why, *lines]))
+
+
+def over_limit(bad: dict[str, str], limit: int) -> BadDataError:
+    return BadDataError(bad, f"{len(bad)} bad samples over all ranks exceed spec.data.maxBadSamples={limit}; "
+                             "fix or remove them, or raise data.maxBadSamples to skip them")
+
+
+def record_bad(seen: dict[str, str], bad: Iterable[tuple[str, str]]) -> None:
+    """Remember bad samples (source → error); log the first few of a split, count the rest."""
+    for source, error in bad:
+        if source in seen:
+            continue
+        if len(seen) < BadDataError.SHOWN:
+            log.warning("bad sample skipped: %s: %s", source, error)
+        elif len(seen) == BadDataError.SHOWN:
+            log.warning("more bad samples: counted against data.maxBadSamples, listed in report.json")
+        seen[source] = error
 
 
 @dataclass
@@ -291,8 +316,8 @@ class SplitData:
     num_workers: int = 0
     sample_weights: torch.Tensor | None = None  # balance: sampler
     label_counts: list[int] = field(default_factory=list)
-    max_bad_samples: int = 0
-    bad: dict[str, str] = field(default_factory=dict)  # corrupt samples seen: source → error
+    bad: dict[str, str] = field(default_factory=dict)  # corrupt samples seen: source → error (the loop
+    # sums them over ranks against data.maxBadSamples at every step)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -313,7 +338,8 @@ class SplitData:
         return order[self.rank :: self.world_size]
 
     def loader(self, epoch: int, start_batch: int = 0) -> Iterator:
-        """Batches of `epoch`, starting after the first `start_batch` (never read)."""
+        """Batches of `epoch`, starting after the first `start_batch` (never read); bad samples
+        are skipped and recorded in `bad`."""
         remaining = self.indices(epoch)[start_batch * self.batch_size :]
         batches = DataLoader(
             Subset(self.dataset, remaining),
@@ -326,12 +352,9 @@ class SplitData:
             generator=torch.Generator().manual_seed(self.seed + epoch),
         )
         for batch, bad in batches:
-            for sample in bad:
-                if sample.source not in self.bad:
-                    log.warning("bad sample skipped: %s: %s", sample.source, sample.error)
-                    self.bad[sample.source] = sample.error
-            if len(self.bad) > self.max_bad_samples or batch is None:  # None: nothing left to train on
-                raise BadDataError(self.bad, self.max_bad_samples)
+            record_bad(self.bad, bad)
+            if batch is None:  # skipping it would leave this rank one step short of the others
+                raise BadDataError(dict(bad), "every sample of a batch is unreadable")
             yield batch
 
 
@@ -368,7 +391,7 @@ def build_splits(job: FineTuneJob, rank: int, world_size: int) -> Splits:
         weights = torch.tensor([1.0 / label_counts[y] for y in train.labels], dtype=torch.double)
     common = dict(
         collate=collate, classes=classes, batch_size=job.spec.training.batch_size, rank=rank,
-        world_size=world_size, seed=seed, num_workers=data.num_workers, max_bad_samples=data.max_bad_samples,
+        world_size=world_size, seed=seed, num_workers=data.num_workers,
     )
     log.info("data: %d train / %d validation samples, %d classes", len(train.labels), len(validation.labels), len(classes))
     return Splits(

@@ -3,8 +3,8 @@
 `model/model.safetensors` holds the whole network (`backbone.*` + `head.*`), `model/graft.json`
 says how to rebuild it (spec, class names, metrics), and for transformer backbones `model/hf/`
 is a `save_pretrained` directory (encoder + tokenizer, labels in the config) that
-`transformers.AutoModel.from_pretrained` loads. Written to a temporary directory and renamed,
-so a reader never sees a half-written model.
+`transformers.AutoModel.from_pretrained` loads. Written to a temporary directory, fsynced and
+renamed (`graft.fsutil.publish_dir`), so a reader never sees a half-written model.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from safetensors.torch import load_model, save_model
 
+from graft.fsutil import publish_dir
 from graft.spec import FineTuneJob, parse_spec
 from graft_trainer.models import GraftModel, build_model
 
@@ -28,9 +29,7 @@ def export(model: GraftModel, job: FineTuneJob, classes: list[str], metrics: dic
     (tmp / "graft.json").write_text(json.dumps(info, indent=2))
     if model.family == "hf":
         _save_pretrained(model, job, classes, tmp / "hf")
-    shutil.rmtree(directory, ignore_errors=True)
-    tmp.rename(directory)
-    return directory
+    return publish_dir(tmp, directory)
 
 
 def _save_pretrained(model: GraftModel, job: FineTuneJob, classes: list[str], directory: Path) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +23,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from graft.fsutil import atomic_write
 from graft.spec import FineTuneJob
 from graft_trainer.builtin import cache_root, resolve
-from graft_trainer.data import BatchCollate, SplitData, Splits
+from graft_trainer.data import BadDataError, BatchCollate, SplitData, Splits
 from graft_trainer.evaluate import to_device
 from graft_trainer.models import GraftModel
 
@@ -98,7 +98,7 @@ def prepare(job: FineTuneJob, splits: Splits, model: GraftModel, accelerator) ->
         hit = _everywhere(path.exists(), accelerator)
         features = torch.load(path, map_location="cpu", weights_only=True) if hit else _compute(model, split, accelerator)
         if not hit and accelerator.is_main_process:
-            _write_atomic(path, lambda tmp: torch.save(features, tmp))
+            atomic_write(path, lambda tmp: torch.save(features, tmp))
         seconds = time.monotonic() - started
         cache.files[name] = {"key": key, "path": str(path), "hit": hit, "seconds": round(seconds, 3)}
         if accelerator.is_main_process:
@@ -148,7 +148,7 @@ def content_hash(path: Path) -> str:
         with open(file, "rb") as handle:
             while chunk := handle.read(CHUNK):
                 digest.update(chunk)
-    _write_atomic(memo, lambda tmp: tmp.write_text(digest.hexdigest()))
+    atomic_write(memo, digest.hexdigest())
     return digest.hexdigest()
 
 
@@ -194,32 +194,24 @@ def _compute(model: GraftModel, split: SplitData, accelerator) -> torch.Tensor:
         mine.sort(key=lambda i: len(inputs[i]))
     batches = DataLoader(Subset(split.dataset, mine), batch_size=split.batch_size, num_workers=split.num_workers,
                          collate_fn=BatchCollate(split.collate))
-    pieces, bad = [], []
+    pieces, bad = [], {}
     for batch, bad_samples in batches:
-        bad += bad_samples
+        bad.update(bad_samples)
         if batch is not None and not bad:
             with accelerator.autocast():
                 pieces.append(model.features(to_device(batch[0], accelerator.device)).float().cpu())
     model.train(was_training)
-    if bad:  # a cached split has a feature for every sample, or it would train on other samples
-        listing = "; ".join(f"{s.source}: {s.error}" for s in bad[:10])
-        raise RuntimeError(f"feature cache: {len(bad)} unreadable samples ({listing}); fix or remove "
-                           "them, or set strategy.cacheFeatures: never")
-    shard = (mine, torch.cat(pieces) if pieces else torch.empty(0, 0))
+    shard = (mine, torch.cat(pieces) if pieces and not bad else torch.empty(0, 0), bad)
     shards = [shard]
-    if world > 1:
+    if world > 1:  # every rank gets here, bad samples or not, so none is left in the gather
         shards = [None] * world
         torch.distributed.all_gather_object(shards, shard)
-    features = torch.empty(len(inputs), max(block.shape[1] for _, block in shards))
-    for indices, block in shards:
+    unreadable = {source: error for _, _, rank_bad in shards for source, error in rank_bad.items()}
+    if unreadable:  # a cached split has a feature for every sample, or it would train on other samples
+        raise BadDataError(unreadable, f"feature cache: {len(unreadable)} unreadable samples; fix or remove "
+                                       "them, or set strategy.cacheFeatures: never to skip them")
+    features = torch.empty(len(inputs), max(block.shape[1] for _, block, _ in shards))
+    for indices, block, _ in shards:
         if indices:
             features[torch.tensor(indices, dtype=torch.long)] = block
     return features
-
-
-def _write_atomic(path: Path, write) -> None:
-    """`write(tmp)` then rename: ranks and concurrent runs never read half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    tmp.replace(path)

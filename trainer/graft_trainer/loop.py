@@ -1,9 +1,12 @@
 """The one training loop, used by local runs, PyTorchJob/TrainJob pods and Ray Train workers.
 
 `fit(job, hooks)` reads top to bottom: set up (Accelerate picks gloo on CPU, NCCL on GPU from
-the launcher's environment), resume if a checkpoint exists, then for each epoch: enter the
-strategy's stage (freeze, rebuild optimizer/scheduler, re-wrap DDP because the set of
-trainable parameters changed), train, evaluate, record, checkpoint, stop early if asked.
+the launcher's environment), check with the other ranks that the checkpoint dir is shared,
+resume from the checkpoint rank 0 chose (the newest that verifies) if any, then for each
+epoch: enter the strategy's stage (freeze, rebuild optimizer/scheduler, re-wrap DDP because the
+set of trainable parameters changed), train, evaluate, record, checkpoint, stop early if asked.
+At every step boundary the ranks agree (`coordination.Coordinator.agree`) whether to stop for
+a SIGTERM and whether the job's bad samples passed the limit, so they all act together.
 """
 
 from __future__ import annotations
@@ -11,11 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import resource
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 
@@ -24,16 +27,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from graft.spec import FineTuneJob, SpecError
-from graft.spec.contracts import Progress, progress_line
+from graft.spec.contracts import Progress, Summary, progress_line, termination_message
 from graft_trainer import checkpoint, dann, feature_cache, strategies
-from graft_trainer.data import build_splits, loss_weights
+from graft_trainer.coordination import CHECKPOINTING, Coordinator, Preempted
+from graft_trainer.data import build_splits, loss_weights, over_limit
 from graft_trainer.evaluate import evaluate, to_device
 from graft_trainer.export import export
 from graft_trainer.models import build_model, param_summary
-from graft_trainer.report import Reporter
+from graft_trainer.report import Reporter, write_termination_message
 
 log = logging.getLogger("graft.loop")
-TERMINATION_LOG = Path("/dev/termination-log")
 
 
 VALIDATION_KEYS = ("val_loss", "val_accuracy", "val_macro_f1")
@@ -88,20 +91,38 @@ class Run:
 
 
 def fit(job: FineTuneJob, hooks: Hooks | None = None) -> dict:
+    """Train `job` on this rank; raises `Preempted` after the checkpoint a SIGTERM asked for."""
     hooks = hooks or Hooks()
-    spec, training = job.spec, job.spec.training
-    if spec.ray.ingest == "ray-data" and hooks.train_data is None:
+    if job.spec.ray.ingest == "ray-data" and hooks.train_data is None:
         raise SpecError(["spec.ray.ingest: 'ray-data' feeds Ray Train workers; run it with "
                          "`graft run --backend ray` or the rayjob backend, or use 'shards' here"])
     started = time.monotonic()
     owns_process_group = not torch.distributed.is_initialized()
-    accelerator = _accelerator(training.precision)
-    rank, world = accelerator.process_index, accelerator.num_processes
+    accelerator = _accelerator(job.spec.training)
+    coordinator = Coordinator(job, accelerator)
+    coordinator.start("spec.checkpoint.dir")
+    try:
+        summary = _fit(job, hooks, accelerator, coordinator, started)
+    except Preempted:
+        raise
+    except BaseException as exc:
+        coordinator.fail(exc)  # the other ranks stop now instead of waiting in a collective
+        raise
+    finally:
+        coordinator.close()
+    if owns_process_group and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return summary
+
+
+def _fit(job: FineTuneJob, hooks: Hooks, accelerator, coordinator: Coordinator, started: float) -> dict:
+    spec, training = job.spec, job.spec.training
+    rank = accelerator.process_index
 
     from accelerate.utils import set_seed
 
     set_seed(training.seed)  # identical initialisation on every rank
-    splits = build_splits(job, rank, world)
+    splits = build_splits(job, rank, accelerator.num_processes)
     if hooks.train_data:
         splits.train = hooks.train_data(splits.train)
     model = build_model(job, len(splits.classes)).to(accelerator.device)
@@ -114,7 +135,7 @@ def fit(job: FineTuneJob, hooks: Hooks | None = None) -> dict:
     )
 
     checkpoints = Path(spec.checkpoint_dir)
-    resume_dir = hooks.resume_from or (checkpoint.latest(checkpoints) if spec.checkpoint.resume == "auto" else None)
+    resume_dir = _resume_point(job, hooks, checkpoints, accelerator)
     saved = checkpoint.read(resume_dir) if resume_dir else None
     position = Position(**saved["position"]) if saved else Position(spec_digest=_digest(job))
     if position.spec_digest != _digest(job):
@@ -124,11 +145,14 @@ def fit(job: FineTuneJob, hooks: Hooks | None = None) -> dict:
         ])
     if saved:
         checkpoint.load_weights(resume_dir, model)
+        if target:
+            target.load_state_dict(saved["target"])
     if saved and accelerator.is_main_process:
         print(f"resuming from {resume_dir} (epoch {position.epoch + 1}, batch {position.batch})", flush=True)
     if not saved:
         set_seed(training.seed + rank, device_specific=False)  # per-rank dropout/augmentation
     reporter = Reporter(Path(spec.output.dir), accelerator.is_main_process, position.epoch)
+    saver = Saver(job, checkpoints, accelerator, coordinator, target, hooks.on_checkpoint, position.step if saved else -1)
 
     total_epochs = spec.strategy.total_epochs
     run: Run | None = None
@@ -148,11 +172,10 @@ def fit(job: FineTuneJob, hooks: Hooks | None = None) -> dict:
                 saved = None
 
         train_started = time.monotonic()
-        train_loss, train_accuracy, samples = _train_epoch(
-            job, run, splits, position, accelerator, loss_fn, checkpoints, hooks.on_checkpoint, target
-        )
+        train_loss, train_accuracy, samples = _train_epoch(job, run, splits, position, accelerator, loss_fn, saver, target)
         train_s = time.monotonic() - train_started
-        metrics = evaluate(model, splits.validation.loader(0), accelerator, len(splits.classes), loss_fn)
+        validation = coordinator.ticking(splits.validation.loader(0))
+        metrics = evaluate(model, validation, accelerator, len(splits.classes), loss_fn)
         position.epoch, position.batch, position.epochs_run = position.epoch + 1, 0, position.epochs_run + 1
         position.elapsed_s += time.monotonic() - started
         started = time.monotonic()
@@ -164,15 +187,13 @@ def fit(job: FineTuneJob, hooks: Hooks | None = None) -> dict:
             "train_s": round(train_s, 3),  # the training steps alone: validation, checkpoint, plot excluded
         }
         if target:
-            record.update(target.evaluate(loss_fn))
+            record.update(target.evaluate(loss_fn, coordinator.ticking))
         position.last_eval = {key: record[key] for key in VALIDATION_KEYS}
-        _track_best(job, position, record, metrics, model, splits.classes, accelerator)
+        with coordinator.busy(CHECKPOINTING):
+            _track_best(job, position, record, metrics, model, splits.classes, accelerator)
         _early_stop(job, position, record, stage)
         reporter.log_epoch(record)
-        saved_dir = checkpoint.save(
-            checkpoints, position.step, run.model, run.optimizer, run.scheduler, asdict(position),
-            accelerator, spec.checkpoint.keep_last,
-        )
+        saved_dir = saver.save(run, position, {**record, "step": position.step})
         if accelerator.is_main_process:  # the operator mirrors it into status; the CLI shows it to people
             progress = Progress(
                 **{k: record[k] for k in ("epoch", "phase", "train_loss", "train_accuracy", "val_loss",
@@ -183,17 +204,98 @@ def fit(job: FineTuneJob, hooks: Hooks | None = None) -> dict:
                 eta_s=round(position.elapsed_s / position.epochs_run * (total_epochs - position.epoch), 1),
             )
             print(progress_line(progress), flush=True)
-        if hooks.on_checkpoint:
-            hooks.on_checkpoint({**record, "step": position.step}, saved_dir)
         if hooks.on_epoch_end:
             hooks.on_epoch_end(record, saved_dir)
+        if _boundary(job, coordinator, splits, target) and position.epoch < total_epochs:
+            saver.preempt(run, position, {**record, "step": position.step})  # during validation: saved just now
 
     workload = {"feature_cache": cache.summary()} if cache else {}  # in report.json too
     workload.update(target.summary() if target else {})
-    summary = _finish(job, position, reporter, splits.classes, accelerator, _rank_facts(model), workload)
-    if owns_process_group and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    return summary
+    bad = _gathered_bad(_bad_samples(splits, target))
+    return _finish(job, position, reporter, splits.classes, accelerator, _rank_facts(model), workload, bad)
+
+
+def _resume_point(job: FineTuneJob, hooks: Hooks, root: Path, accelerator) -> Path | None:
+    """The one checkpoint every rank resumes from: rank 0 chooses, everyone loads that one.
+
+    Ray Train restores its own copy to each worker (`hooks.resume_from`); it is verified too."""
+    if hooks.resume_from:
+        why = checkpoint.problem(hooks.resume_from)
+        if why:
+            raise RuntimeError(f"the checkpoint Ray Train restored is unusable: {why}")
+        return hooks.resume_from
+    if job.spec.checkpoint.resume == "never":
+        return None
+    chosen = [str(found) if accelerator.is_main_process and (found := checkpoint.choose(root)) else None]
+    if torch.distributed.is_initialized():
+        torch.distributed.broadcast_object_list(chosen, src=0)
+    return Path(chosen[0]) if chosen[0] else None
+
+
+class Saver:
+    """Writes checkpoints (mid-epoch, end of epoch, on preemption) and tells the hooks."""
+
+    def __init__(self, job: FineTuneJob, root: Path, accelerator, coordinator: Coordinator, target,
+                 on_checkpoint: Callable[[dict, Path], None] | None, last_step: int):
+        self.job, self.root, self.accelerator, self.coordinator = job, root, accelerator, coordinator
+        self.target, self.on_checkpoint, self.last_step = target, on_checkpoint, last_step
+        self.last_dir: Path | None = None
+
+    def save(self, run: Run, position: Position, metrics: dict) -> Path:
+        with self.coordinator.busy(CHECKPOINTING):
+            extra = {"target": self.target.state_dict()} if self.target else {}
+            self.last_dir = checkpoint.save(
+                self.root, position.step, run.model, run.optimizer, run.scheduler, asdict(position),
+                self.accelerator, self.job.spec.checkpoint.keep_last, extra,
+            )
+        self.last_step = position.step
+        if self.on_checkpoint:
+            self.on_checkpoint(metrics, self.last_dir)
+        return self.last_dir
+
+    def preempt(self, run: Run, position: Position, metrics: dict):
+        """Checkpoint where every rank stands (unless that step is saved already) and stop."""
+        if position.step != self.last_step:
+            self.save(run, position, metrics)
+        asked = self.coordinator.stop_requested_at
+        took = f" {time.monotonic() - asked:.1f} s after SIGTERM" if asked else ""
+        grace = self.job.spec.checkpoint.grace_period_seconds
+        if asked and time.monotonic() - asked > grace:
+            log.warning("the preemption checkpoint took longer than checkpoint.gracePeriodSeconds=%d", grace)
+        where = self.last_dir or self.root
+        message = (f"preempted: stopped at step {position.step} (epoch {position.epoch + 1}, batch {position.batch}) "
+                   f"with checkpoint {where}{took}; rerun to resume from it")
+        raise Preempted(message)
+
+
+def _boundary(job: FineTuneJob, coordinator: Coordinator, splits, target) -> bool:
+    """The ranks' agreement at a step boundary: raises on every rank when the job's bad samples
+    pass data.maxBadSamples; True when every rank must stop (a SIGTERM reached one of them)."""
+    mine = _bad_samples(splits, target)
+    stop, total = coordinator.agree(len(mine))
+    limit = job.spec.data.max_bad_samples
+    if total > limit:
+        everyone = _gathered_bad(mine)  # a padded sample read by two ranks counts once
+        if len(everyone) > limit:
+            raise over_limit(everyone, limit)
+    return stop
+
+
+def _bad_samples(splits, target) -> dict[str, str]:
+    """This rank's bad samples so far, over every split it reads."""
+    found: dict[str, str] = {}
+    for split in (splits.train, splits.validation, *(target.splits() if target else ())):
+        found.update(split.bad)
+    return found
+
+
+def _gathered_bad(mine: dict[str, str]) -> dict[str, str]:
+    """Every rank's bad samples (collective)."""
+    if not torch.distributed.is_initialized():
+        return dict(mine)
+    gathered: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, mine)
+    return {source: error for part in gathered for source, error in part.items()}
 
 
 def _digest(job: FineTuneJob) -> str:
@@ -203,13 +305,17 @@ def _digest(job: FineTuneJob) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _accelerator(precision: str):
+def _accelerator(training):
+    """Accelerate on this launcher's process group; collectives time out at twice the stall
+    timeout (the watchdog names a stuck rank first; the timeout ends what it cannot see)."""
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
-    if precision == "fp16" and not torch.cuda.is_available():
+    if training.precision == "fp16" and not torch.cuda.is_available():
         raise SpecError(["spec.training.precision: fp16 needs a GPU; use bf16 or fp32 on CPU"])
-    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[training.precision]
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=2 * training.stall_timeout_seconds))
+    return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available(), kwargs_handlers=[timeout])
 
 
 def _enter_stage(job: FineTuneJob, stage: strategies.Stage, model, accelerator, batches_per_epoch: int | None) -> Run:
@@ -228,13 +334,13 @@ def _enter_stage(job: FineTuneJob, stage: strategies.Stage, model, accelerator, 
     return Run(stage, wrapped, optimizer, scheduler)
 
 
-def _train_epoch(job, run: Run, splits, position: Position, accelerator, loss_fn, checkpoints: Path,
-                 on_checkpoint: Callable[[dict, Path], None] | None, target=None):
+def _train_epoch(job, run: Run, splits, position: Position, accelerator, loss_fn, saver: Saver, target=None):
     """One epoch from `position.batch` on; returns the mean train loss and accuracy over ranks,
     and the samples all ranks trained on in this call (ranks get equal batches)."""
     training = job.spec.training
     accumulation, total = training.grad_accumulation, splits.train.batches_per_epoch
     trainable = [p for p in run.model.parameters() if p.requires_grad]
+    coordinator = saver.coordinator
     run.model.train()
     bar = tqdm(  # a bar only on a terminal: redrawn in a pipe or a pod log, it is one line per batch
         total=total, initial=position.batch, disable=None if accelerator.is_main_process else True, leave=False,
@@ -242,6 +348,10 @@ def _train_epoch(job, run: Run, splits, position: Position, accelerator, loss_fn
     )
     pending, seen = False, 0
     for index, (inputs, labels) in enumerate(splits.train.loader(position.epoch, position.batch), start=position.batch):
+        if index % accumulation == 0 and _boundary(job, coordinator, splits, target):
+            bar.close()
+            train_loss, train_accuracy = _running_means(position, accelerator)
+            saver.preempt(run, position, _mid_epoch_metrics(run, position, train_loss, train_accuracy))
         inputs, labels = to_device(inputs, accelerator.device), labels.to(accelerator.device)
         sync = (index + 1) % accumulation == 0 or index + 1 == total
         with nullcontext() if sync else accelerator.no_sync(run.model):
@@ -266,25 +376,27 @@ def _train_epoch(job, run: Run, splits, position: Position, accelerator, loss_fn
             position.sums[2] + len(labels),
         ]
         position.batch, seen = index + 1, seen + len(labels)
+        coordinator.advance(position.step)
         bar.update(1)
         every = job.spec.checkpoint.every_steps
         if sync and every and position.step % every == 0 and index + 1 != total:
-            saved_dir = checkpoint.save(checkpoints, position.step, run.model, run.optimizer, run.scheduler,
-                                        asdict(position), accelerator, job.spec.checkpoint.keep_last)
             train_loss, train_accuracy = _running_means(position, accelerator)
-            metrics = {
-                "step": position.step, "epoch": position.epoch + 1, "batch": position.batch,
-                "phase": run.stage.phase.name, "train_loss": train_loss, "train_accuracy": train_accuracy,
-                "lr": run.optimizer.param_groups[0]["lr"], **position.last_eval,
-            }
-            if on_checkpoint:
-                on_checkpoint(metrics, saved_dir)
+            saver.save(run, position, _mid_epoch_metrics(run, position, train_loss, train_accuracy))
     bar.close()
     if pending:  # a stream's unknown length ended mid-accumulation: those grads never synced
         run.optimizer.zero_grad(set_to_none=True)
     means = _running_means(position, accelerator)
     position.sums = [0.0, 0.0, 0.0]
     return (*means, seen * accelerator.num_processes)
+
+
+def _mid_epoch_metrics(run: Run, position: Position, train_loss: float, train_accuracy: float) -> dict:
+    """What Hooks.on_checkpoint sees for a checkpoint inside an epoch."""
+    return {
+        "step": position.step, "epoch": position.epoch + 1, "batch": position.batch,
+        "phase": run.stage.phase.name, "train_loss": train_loss, "train_accuracy": train_accuracy,
+        "lr": run.optimizer.param_groups[0]["lr"], **position.last_eval,
+    }
 
 
 def _running_means(position: Position, accelerator) -> tuple[float, float]:
@@ -346,7 +458,7 @@ def _rank_facts(model: nn.Module) -> dict[str, list]:
 
 
 def _finish(job, position: Position, reporter: Reporter, classes, accelerator, rank_facts: dict[str, list],
-            workload: dict) -> dict:
+            workload: dict, bad: dict[str, str]) -> dict:
     output = Path(job.spec.output.dir)
     history = reporter.history() if accelerator.is_main_process else []
     best = position.best_eval
@@ -365,6 +477,7 @@ def _finish(job, position: Position, reporter: Reporter, classes, accelerator, r
         "plot": str(output / "plot.png"),
         "metrics": str(output / "metrics.jsonl"),
         "report": str(output / "report.json"),
+        "bad_samples": len(bad),  # skipped under data.maxBadSamples, over all ranks
         **rank_facts,
         **workload,
     }
@@ -373,6 +486,7 @@ def _finish(job, position: Position, reporter: Reporter, classes, accelerator, r
         "precision": dict(zip(classes, best.get("precision", []))),
         "recall": dict(zip(classes, best.get("recall", []))),
         "confusion": best.get("confusion"), "best_eval_epoch": best.get("epoch"), "history": history,
+        "bad_sample_list": [{"source": source, "error": error} for source, error in sorted(bad.items())],
     })
     if accelerator.is_main_process:
         print(
@@ -382,11 +496,5 @@ def _finish(job, position: Position, reporter: Reporter, classes, accelerator, r
             f"process\nplot: {summary['plot']}\nmodel: {summary['model_dir']}",
             flush=True,
         )
-        _write_termination_log(summary)
+        write_termination_message(termination_message(Summary(**summary)))
     return summary
-
-
-def _write_termination_log(summary: dict) -> None:
-    """Kubernetes shows this file's content in the pod status when the container ends."""
-    if TERMINATION_LOG.exists() and os.access(TERMINATION_LOG, os.W_OK):
-        TERMINATION_LOG.write_text(json.dumps(summary))

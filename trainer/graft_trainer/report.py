@@ -1,15 +1,20 @@
-"""What a run leaves for people: metrics.jsonl, TensorBoard events, plot.png, report.json and
-the parameter summary. Only rank 0 writes; `metrics.jsonl` is the source of truth, so a
+"""What a run leaves for people: metrics.jsonl, TensorBoard events, plot.png, report.json, the
+parameter summary and the termination message. Only rank 0 writes the files, each replaced
+atomically (a kill never leaves half a line); `metrics.jsonl` is the source of truth, so a
 resumed run drops the lines past its checkpoint and the plot always shows one clean history.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from graft.fsutil import atomic_write
+from graft.spec.contracts import MESSAGE_LIMIT, TERMINATION_LOG, TERMINATION_LOG_ENV
 
 METRIC_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr")
 
@@ -22,8 +27,7 @@ class Reporter:
         self._writer = None
         if enabled:
             directory.mkdir(parents=True, exist_ok=True)
-            kept = [m for m in self.history() if m["epoch"] <= completed_epochs]
-            self.metrics_path.write_text("".join(json.dumps(m) + "\n" for m in kept))
+            self._write_history([m for m in self.history() if m["epoch"] <= completed_epochs])
 
     def history(self) -> list[dict]:
         if not self.metrics_path.exists():
@@ -33,8 +37,7 @@ class Reporter:
     def log_epoch(self, metrics: dict) -> None:
         if not self.enabled:
             return
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        self._write_history([*self.history(), metrics])
         writer = self._tensorboard()
         for key in METRIC_KEYS:
             writer.add_scalar(key, metrics[key], metrics["epoch"])
@@ -53,9 +56,12 @@ class Reporter:
     def final(self, report: dict) -> None:
         if not self.enabled:
             return
-        self.report_path.write_text(json.dumps(report, indent=2))
+        atomic_write(self.report_path, json.dumps(report, indent=2))
         if self._writer is not None:
             self._writer.close()
+
+    def _write_history(self, history: list[dict]) -> None:
+        atomic_write(self.metrics_path, "".join(json.dumps(m) + "\n" for m in history))
 
     def _tensorboard(self):
         if self._writer is None:
@@ -84,5 +90,19 @@ def plot(history: list[dict], path: Path) -> None:
         ax.set_title(key)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
+
+
+def write_termination_message(message: str) -> None:
+    """Kubernetes shows this file's content in the pod status when the container ends: the
+    final summary (`graft.spec.contracts.termination_message`) or a failure for people,
+    trimmed here to the limit (longer, Kubernetes would cut it)."""
+    data = message.encode()
+    if len(data) >= MESSAGE_LIMIT:
+        data = data[: MESSAGE_LIMIT - 4].decode(errors="ignore").encode() + b"..."
+    override = os.environ.get(TERMINATION_LOG_ENV)
+    if override:
+        atomic_write(override, data)
+    elif os.access(TERMINATION_LOG, os.W_OK):  # a file the kubelet mounts: written in place, not renamed over
+        Path(TERMINATION_LOG).write_bytes(data)

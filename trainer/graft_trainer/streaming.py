@@ -14,8 +14,10 @@ Why it is built this way:
   and seeks every worker straight to its next sample. Skipping never decodes.
 - Shuffling inside a worker uses fixed windows of consecutive samples, so a position inside
   the stream maps to a window and an offset without reading what came before.
-- Decoding and augmentation run inside the DataLoader workers; bad samples travel back beside
-  the batch so the main process counts them, logs shard and key, and fails past the limit.
+- Decoding and augmentation run inside the DataLoader workers; bad samples (a sample that does
+  not decode, a label outside the classes, a missing field, every sample a truncated shard
+  lost) travel back beside the batch so the main process records them with shard and key;
+  the loop sums them over ranks against the limit.
 
 Formats: WebDataset tars, JSONL/CSV/Parquet files, and Hugging Face datasets written by
 `save_to_disk` (`hf-disk`), whose Arrow files are the shards.
@@ -45,6 +47,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from graft.spec import FineTuneJob, SpecError
 from graft_trainer.builtin import resolve
+from graft_trainer.data import BadDataError, record_bad
 
 log = logging.getLogger("graft.streaming")
 
@@ -52,16 +55,6 @@ SHUFFLE_WINDOW = 256  # samples held (undecoded) per worker to shuffle inside a 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff")
 ROW_FORMATS = {"jsonl": "jsonl", "csv": "csv", "parquet": "parquet"}
 SHARD_SUFFIX = {"webdataset": ".tar", "jsonl": ".jsonl", "csv": ".csv", "parquet": ".parquet"}
-
-
-class BadDataError(RuntimeError):
-    """More corrupt samples than `spec.data.maxBadSamples`; carries the full list."""
-
-    def __init__(self, bad: list[dict], limit: int, why: str = ""):
-        self.bad = bad
-        lines = "\n".join(f"  - shard {b['shard']} key {b['key']}: {b['error']}" for b in bad)
-        why = why or f"{len(bad)} bad samples exceed data.maxBadSamples={limit}"
-        super().__init__(f"{why}:\n{lines}")
 
 
 # ---------------------------------------------------------------- what a location holds
@@ -110,7 +103,7 @@ def discover(location: str, data_format: str, label_field: str = "label") -> Sou
     urls = _expand(fs, location, SHARD_SUFFIX[data_format])
     if not urls:
         raise FileNotFoundError(f"no {data_format} shards found at {location}")
-    return Source(kind, tuple(Piece(u, 0, _count(kind, u)) for u in urls), None)
+    return Source(kind, tuple(Piece(u, 0, _count_readable(kind, u)) for u in urls), None)
 
 
 def _index_url(fs, location: str) -> str | None:
@@ -141,6 +134,18 @@ def _expand(fs, location: str, suffix: str) -> list[str]:
             found = [path]
         urls += [protocol + p if protocol else p for p in sorted(found)]
     return urls
+
+
+def _count_readable(kind: str, url: str) -> int:
+    """`_count`, with an unreadable shard (empty, truncated, not the format) named as bad data."""
+    import tarfile
+
+    try:
+        return _count(kind, url)
+    except (tarfile.TarError, OSError, ValueError, EOFError) as exc:
+        raise BadDataError({url: f"{type(exc).__name__}: {exc}"},
+                           "a shard cannot be read to count its samples (empty, truncated or not "
+                           f"{kind}?); repack it or remove it from spec.data") from None
 
 
 def _count(kind: str, url: str) -> int:
@@ -352,30 +357,34 @@ def _read_tar(f, piece: Piece) -> Iterator[tuple[str, dict]]:
 
     from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
-    if piece.start:
-        keys_seen, previous = 0, None
-        for member in tarfile.open(fileobj=f, mode="r:"):
-            key = base_plus_ext(member.name)[0]
-            if member.isreg() and key != previous:
-                if keys_seen == piece.start:
-                    f.seek(member.offset)
-                    break
-                keys_seen, previous = keys_seen + 1, key
-    errors: list[Exception] = []
+    produced, errors = 0, []
 
     def stop_on_error(exn: Exception) -> bool:
         errors.append(exn)
         return False
 
-    files = tar_file_expander([{"url": piece.url, "stream": f}], handler=stop_on_error)
-    samples = group_by_keys(files, handler=stop_on_error)
-    produced = 0
-    for sample in islice(samples, piece.size):
-        produced += 1
-        yield sample["__key__"], sample
-    if errors or produced < piece.size:
-        reason = errors[0] if errors else "shard ended early"
-        yield f"#{piece.start + produced}", ValueError(f"unreadable tar from here on: {reason}")
+    try:
+        if piece.start:
+            keys_seen, previous = 0, None
+            for member in tarfile.open(fileobj=f, mode="r:"):
+                key = base_plus_ext(member.name)[0]
+                if member.isreg() and key != previous:
+                    if keys_seen == piece.start:
+                        f.seek(member.offset)
+                        break
+                    keys_seen, previous = keys_seen + 1, key
+        files = tar_file_expander([{"url": piece.url, "stream": f}], handler=stop_on_error)
+        for sample in islice(group_by_keys(files, handler=stop_on_error), piece.size):
+            produced += 1
+            yield sample["__key__"], sample
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        errors.append(exc)
+    # A truncated or empty shard: every sample it should still hold is one bad sample, so the
+    # epoch plan keeps its length and maxBadSamples decides whether to go on.
+    reason = ValueError(f"unreadable tar from here on ({errors[0] if errors else 'the shard ended early'}; "
+                        "truncated or corrupt shard?)")
+    for missing in range(piece.start + produced, piece.stop):
+        yield f"#{missing}", reason
 
 
 def _read_parquet(f, piece: Piece) -> Iterator[tuple[str, dict]]:
@@ -535,15 +544,15 @@ class _EpochStream(IterableDataset):
             offset += piece.size
 
 
-def decode_batch(decoder: Decoder, collate: Callable, records: list[tuple[str, str, Any]]) -> tuple[Any, list[dict]]:
-    """(collated batch, or None when every sample is bad; the bad samples) of (shard, key,
-    record) triples: bad samples travel beside the batch, to be counted where the limit is."""
+def decode_batch(decoder: Decoder, collate: Callable, records: list[tuple[str, str, Any]]) -> tuple[Any, list[tuple[str, str]]]:
+    """(collated batch, or None when every sample is bad; the bad samples as (source, error))
+    of (shard, key, record) triples: bad samples travel beside the batch, to be counted."""
     inputs, labels, bad = [], [], []
     for shard, key, record in records:
         try:
             x, y = decoder(record)
         except Exception as exc:  # noqa: BLE001 - any decode failure is bad data
-            bad.append({"shard": shard, "key": key, "error": f"{type(exc).__name__}: {exc}"})
+            bad.append((f"shard {shard} key {key}", f"{type(exc).__name__}: {exc}"))
             continue
         inputs.append(x)
         labels.append(y)
@@ -551,10 +560,10 @@ def decode_batch(decoder: Decoder, collate: Callable, records: list[tuple[str, s
 
 
 class EpochBatches:
-    """Batches of one epoch from (batch, bad samples) pairs; counts and checks the bad samples
-    in the training process (the Ray Data ingest of graft_trainer.ray_train uses it too)."""
+    """Batches of one epoch from (batch, bad samples) pairs; records the bad samples in the
+    training process (the Ray Data ingest of graft_trainer.ray_train uses it too)."""
 
-    def __init__(self, loader: Iterable[tuple[Any, list[dict]]], length: int, stream: "Stream"):
+    def __init__(self, loader: Iterable[tuple[Any, list[tuple[str, str]]]], length: int, stream: "Stream"):
         self._loader, self._length, self._stream = loader, length, stream
 
     def __len__(self) -> int:
@@ -562,9 +571,9 @@ class EpochBatches:
 
     def __iter__(self):
         for batch, bad in self._loader:
-            self._stream.record_bad(bad)
+            record_bad(self._stream.bad, bad)
             if batch is None:  # skipping it would leave this rank one step short of the others
-                raise BadDataError(bad, self._stream.max_bad_samples, "every sample of a batch is bad")
+                raise BadDataError(dict(bad), "every sample of a batch is unreadable")
             yield batch
 
 
@@ -583,8 +592,7 @@ class Stream:
     shuffle: bool
     decoder: Decoder
     collate: Callable
-    max_bad_samples: int
-    bad: dict[tuple[str, str], dict] = field(default_factory=dict)
+    bad: dict[str, str] = field(default_factory=dict)  # source (shard and key) → error
 
     @property
     def num_samples(self) -> int:
@@ -611,15 +619,6 @@ class Stream:
         )
         return EpochBatches(loader, max(0, n_batches - start_batch), self)
 
-    def record_bad(self, bad: list[dict]) -> None:
-        for item in bad:
-            if (item["shard"], item["key"]) not in self.bad:
-                log.warning("bad sample skipped: shard %s key %s: %s", item["shard"], item["key"], item["error"])
-                self.bad[(item["shard"], item["key"])] = item
-        if len(self.bad) > self.max_bad_samples:
-            raise BadDataError(list(self.bad.values()), self.max_bad_samples)
-
-
 def build_stream(job: FineTuneJob, split: str, rank: int, world_size: int) -> Stream:
     """The streamed `split` ("train" | "validation") of a job for one rank of `world_size`."""
     data = job.spec.data
@@ -641,7 +640,7 @@ def build_stream(job: FineTuneJob, split: str, rank: int, world_size: int) -> St
                       tuple(classes), transform)
     return Stream(
         source.kind, pieces, classes, job.spec.training.batch_size, job.spec.training.seed,
-        rank, world_size, data.num_workers, train, decoder, collate, data.max_bad_samples,
+        rank, world_size, data.num_workers, train, decoder, collate,
     )
 
 

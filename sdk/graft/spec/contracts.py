@@ -13,6 +13,7 @@ any of them also fits there: a writer drops the least useful fields first and na
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -73,6 +74,23 @@ RESULT_MARK = "graft-result "
 TERMINATION_LOG = "/dev/termination-log"
 MESSAGE_LIMIT = 4096
 VERSION = 1
+
+# How a trainer process ends (the README's operations section documents them). A preempted
+# rank exits 128 + SIGTERM, which Kubeflow's ExitCode restart policy retries like OnFailure.
+PREEMPTED_EXIT_CODE = 143  # stopped on SIGTERM after writing a checkpoint: run it again
+STALLED_EXIT_CODE = 124  # no rank made progress for training.stallTimeoutSeconds
+PEER_FAILED_EXIT_CODE = 125  # another rank failed first; its error is the job's error
+# Seconds a pod gets beyond checkpoint.gracePeriodSeconds (torchrun passing the signal on, the
+# step in flight, exiting): terminationGracePeriodSeconds = grace + margin.
+GRACE_MARGIN_SECONDS = 10
+TERMINATION_LOG_ENV = "GRAFT_TERMINATION_LOG"  # where a local run writes its termination message
+
+# Files inside the checkpoint directory, which every node must share.
+COORDINATION_DIR = ".graft"  # per-attempt files the ranks agree and watch each other through
+SHARED_CHECK_FILE = "shared-check"  # rank 0 writes the attempt's nonce; every rank must read it back
+HEARTBEAT_FILE = "heartbeat-{rank}.json"  # {attempt, rank, host, pid, step, progress, state, beat}
+FAILURE_FILE = "failed.json"  # {attempt, rank, host, error}: the failure every other rank stops on
+MANIFEST_FILE = "manifest.json"  # in each step-<n>/: {step, world_size, files: {name: sha256}}
 
 # RBAC the operator needs, as data: the deploy generator writes these into the chart and
 # kustomize; each rule names the operator code that uses it.
@@ -216,6 +234,14 @@ def read_progress(line: str) -> Progress | None:
     """The progress in a log line, None for any other line. The mark may follow a prefix:
     `[rank 0] `, `[<pod>] ` or Ray's `(RayTrainWorker pid=..) `."""
     return _read_marked(line, PROGRESS_MARK, Progress)
+
+
+def latest_progress(lines: Iterable[str]) -> Progress | None:
+    """The newest progress among `lines`, None when there is none yet."""
+    latest = None
+    for line in lines:
+        latest = read_progress(line) or latest
+    return latest
 
 
 def read_result(line: str) -> Result | None:

@@ -247,6 +247,12 @@ class Training(Model):
     best_metric: Literal["val_loss", "val_accuracy", "val_macro_f1"] = "val_accuracy"
     seed: int = 0
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    stall_timeout_seconds: PositiveInt = Field(
+        default=300,
+        description="Fail the job, naming the rank, host and step, when no rank has made "
+        "progress (a training step, a validation batch) for this long; collectives time out "
+        "at twice this.",
+    )
 
 
 class Resources(Model):
@@ -282,7 +288,14 @@ class Checkpointing(Model):
     every_steps: PositiveInt | None = Field(default=None, description="Also checkpoint mid-epoch.")
     keep_last: PositiveInt = 2
     resume: Literal["auto", "never"] = Field(
-        default="auto", description="'auto' resumes from the newest checkpoint in dir."
+        default="auto", description="'auto' resumes from the newest checkpoint in dir that "
+        "passes its manifest's checksums."
+    )
+    grace_period_seconds: PositiveInt = Field(
+        default=25,
+        description="On SIGTERM (preemption, eviction) every rank stops at the next step and "
+        "one checkpoint is written within this time; pods get this plus a margin as "
+        "terminationGracePeriodSeconds.",
     )
 
 
