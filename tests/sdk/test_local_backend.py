@@ -1,6 +1,6 @@
-"""The local backend with real processes: the env matches what torchrun gives a PyTorchJob
-pod's workers, a real 2-process gloo run of the real trainer succeeds with both ranks in the
-merged log, and a rank that dies takes the job down with its exit code."""
+"""The local backend with real processes: torchrun's launcher starts the real trainer as 2 gloo
+ranks, the run shows one line per epoch with both ranks in the merged log, a rank that dies
+takes the job down with its exit code, and suspend/resume stop and start new ranks."""
 
 from __future__ import annotations
 
@@ -10,40 +10,30 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from graft.api import Client
-from graft.backends.local import free_port, rank_env
 from graft.cli import app
 
-ENV_DUMP = """
-import json, os, pathlib
-base = set(json.loads(os.environ["BASE_KEYS"]))
-env = {k: v for k, v in os.environ.items() if k not in base and k != "_"}
-pathlib.Path(__file__).with_name(f"rank-{env['RANK']}.json").write_text(json.dumps(env))
-"""
-
-
-@pytest.mark.distributed
-def test_rank_env_is_what_torchrun_gives_a_pytorchjob_pods_workers(tmp_path):
-    """Run real torchrun the way the PyTorchJob container does (PET_* set by the operator)."""
-    script = tmp_path / "env_dump.py"
-    script.write_text(ENV_DUMP)
-    port = free_port()
-    operator_env = {k: v for k, v in rank_env(0, 2, port).items() if k.startswith("PET_")}
-    base = [k for k in os.environ if k not in ("OMP_NUM_THREADS", "PYTHONUNBUFFERED")]
-    # PYTHONUNBUFFERED=1 comes from the trainer image's ENV (Dockerfile), not from torchrun.
-    env = {**os.environ, **operator_env, "PYTHONUNBUFFERED": "1", "BASE_KEYS": json.dumps([*base, "BASE_KEYS"])}
-    env.pop("OMP_NUM_THREADS", None)
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    proc = subprocess.run([torchrun, str(script)], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    workers = [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
-    for rank, torchrun_env in enumerate(workers):
-        agent_only = {"TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_ERROR_FILE"}
-        assert {k: v for k, v in torchrun_env.items() if k not in agent_only} == rank_env(rank, 2, port)
+def rank_pids(graft_home, count: int = 2, timeout: float = 60) -> list[int]:
+    """The trainer processes torchrun's launcher started, by rank: the supervisor's children,
+    read from /proc (Linux), once all `count` of them exist."""
+    state = json.loads((graft_home / "jobs" / "tiny-digits" / "state.json").read_text())
+    tasks = Path(f"/proc/{state['supervisor_pid']}/task")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ranks = {}
+        for pid in (int(p) for task in tasks.iterdir() for p in (task / "children").read_text().split()):
+            env = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+            if "RANK" in env:
+                ranks[int(env["RANK"])] = pid
+        if len(ranks) == count:
+            return [ranks[rank] for rank in range(count)]
+        time.sleep(0.1)
+    raise AssertionError(f"torchrun did not start {count} ranks within {timeout}s")
 
 
 @pytest.mark.slow
@@ -94,8 +84,7 @@ def test_a_killed_rank_stops_the_others_and_fails_the_job_with_its_exit_code(tin
     sdk.submit(tiny_spec)
     running = sdk.wait("tiny-digits", until=("Running", "Failed", "Succeeded"), timeout=60)
     assert running.phase == "Running"
-    state = json.loads((graft_home / "jobs" / "tiny-digits" / "state.json").read_text())
-    rank0, rank1 = state["rank_pids"]
+    rank0, rank1 = rank_pids(graft_home)
     os.kill(rank1, signal.SIGKILL)
 
     result = CliRunner().invoke(app, ["wait", "tiny-digits", "--backend", "local", "--timeout", "60"])
@@ -116,8 +105,7 @@ def test_suspend_stops_the_ranks_and_keeps_the_job_and_resume_starts_new_ones(ti
     sdk = Client("local", nproc=2)
     sdk.submit(tiny_spec)
     sdk.wait("tiny-digits", until=("Running",), timeout=60)
-    state_file = graft_home / "jobs" / "tiny-digits" / "state.json"
-    first_ranks = json.loads(state_file.read_text())["rank_pids"]
+    first_ranks = rank_pids(graft_home)
     sdk.suspend("tiny-digits")
     assert sdk.get("tiny-digits").phase == "Suspended"
     for pid in first_ranks:
@@ -125,6 +113,6 @@ def test_suspend_stops_the_ranks_and_keeps_the_job_and_resume_starts_new_ones(ti
             os.kill(pid, 0)
     sdk.resume("tiny-digits")
     assert sdk.get("tiny-digits").phase == "Running"
-    assert set(json.loads(state_file.read_text())["rank_pids"]).isdisjoint(first_ranks)
+    assert set(rank_pids(graft_home)).isdisjoint(first_ranks)
     sdk.delete("tiny-digits")
     assert not (graft_home / "jobs" / "tiny-digits").exists()

@@ -2,7 +2,8 @@
 run. The launcher (torchrun, `graft run`, the Kubeflow operators) sets the distributed env.
 
 Expected endings print one error line (no traceback) and leave it as the termination message:
-exit 2 for an invalid spec, 1 for bad data, PREEMPTED_EXIT_CODE after a SIGTERM checkpoint."""
+exit 2 for an invalid spec, 1 for bad data or a missing optional extra (the line names the
+`pip install 'graft[...]'`), PREEMPTED_EXIT_CODE after a SIGTERM checkpoint."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 
 from graft.spec import SpecError, load_spec
 from graft.spec.contracts import PREEMPTED_EXIT_CODE
+from graft.spec.extras import missing_extra
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:
+        return _missing(exc)
     from graft_trainer.coordination import Preempted
     from graft_trainer.data import BadDataError
 
@@ -42,7 +46,16 @@ def main(argv: list[str] | None = None) -> int:
         return _ended(f"error: {exc}", 2)
     except BadDataError as exc:
         return _ended(f"error: bad data: {exc}", 1)
+    except ImportError as exc:  # e.g. s3fs for s3:// data, scikit-learn for builtin://sklearn-digits
+        return _missing(exc)
     return 0
+
+
+def _missing(exc: ImportError) -> int:
+    missing = missing_extra(exc)
+    if missing is None:
+        raise exc
+    return _ended(f"error: {missing}", 1)
 
 
 def _ended(message: str, code: int) -> int:

@@ -63,6 +63,11 @@ class FeatureSplit:
     def batches_per_epoch(self) -> int:
         return self.source.batches_per_epoch
 
+    @property
+    def bad(self) -> dict[str, str]:
+        """Corrupt samples met while the features were computed: the source split's."""
+        return self.source.bad
+
     def loader(self, epoch: int, start_batch: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
         size = self.source.batch_size
         order = torch.tensor(self.source.indices(epoch)[start_batch * size :], dtype=torch.long)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -91,6 +92,37 @@ SHARED_CHECK_FILE = "shared-check"  # rank 0 writes the attempt's nonce; every r
 HEARTBEAT_FILE = "heartbeat-{rank}.json"  # {attempt, rank, host, pid, step, progress, state, beat}
 FAILURE_FILE = "failed.json"  # {attempt, rank, host, error}: the failure every other rank stops on
 MANIFEST_FILE = "manifest.json"  # in each step-<n>/: {step, world_size, files: {name: sha256}}
+
+# A local job, `$GRAFT_HOME/jobs/<name>/`: the SDK's local backend creates it and reads it, the
+# trainer's launcher (`python -m graft_trainer.launcher DIR`, a detached supervisor) runs the
+# ranks with torchrun and records how they do.
+LOCAL_SPEC = "spec.yaml"
+LOCAL_STATE = "state.json"  # LocalState, replaced atomically
+LOCAL_LOG = "logs.txt"  # every rank's output, each line `[rank N] ...`
+LOCAL_EVENTS = "events.txt"  # event_line()s
+LOCAL_RANK_LOGS = "ranks"  # each rank's own stdout/stderr (torchrun's --log-dir)
+
+
+class LocalState(BaseModel):
+    """state.json. The backend writes it once at submit; from then on the launcher is its only
+    writer."""
+
+    v: int = VERSION
+    name: str
+    phase: str
+    message: str = ""
+    nproc: int
+    cwd: str
+    master_port: int
+    created: datetime
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    supervisor_pid: int | None = None
+
+
+def event_line(text: str, when: datetime) -> str:
+    return f"{when.isoformat()} {text}\n"
+
 
 # RBAC the operator needs, as data: the deploy generator writes these into the chart and
 # kustomize; each rule names the operator code that uses it.

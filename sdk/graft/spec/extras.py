@@ -23,11 +23,11 @@ _EXTRA_OF = {module: extra for extra, modules in EXTRAS.items() for module in mo
 class MissingExtra(ImportError):
     """An optional dependency is not installed; the message is the one line to show."""
 
-    def __init__(self, module: str, extra: str, needed_for: str = ""):
-        self.module, self.extra = module, extra
+    def __init__(self, module: str, needed_for: str = ""):
+        self.module, self.extra = module, _EXTRA_OF[module]
         purpose = f" {needed_for}" if needed_for else ""
         super().__init__(f"{module} is not installed, and Graft needs it{purpose}: "
-                         f"pip install 'graft[{extra}]'")
+                         f"pip install 'graft[{self.extra}]'")
 
 
 def missing_extra(exc: ImportError, needed_for: str = "") -> MissingExtra | None:
@@ -38,7 +38,7 @@ def missing_extra(exc: ImportError, needed_for: str = "") -> MissingExtra | None
             return exc
         module = (getattr(exc, "name", None) or "").split(".")[0]
         if module in _EXTRA_OF:
-            return MissingExtra(module, _EXTRA_OF[module], needed_for)
+            return MissingExtra(module, needed_for)
         cause = exc.__cause__ or exc.__context__
         exc = cause if isinstance(cause, ImportError) else None
     return None
