@@ -198,3 +198,20 @@ def test_pytorchjob_round_trips_through_kubeflow_training_models():
         _, job = render(doc, "pytorchjob", owner=OWNER)
         model = client.deserialize(SimpleNamespace(data=json.dumps(job)), "KubeflowOrgV1PyTorchJob")
         assert client.sanitize_for_serialization(model) == job
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_pods_get_the_checkpoint_grace_period_plus_a_margin(target):
+    """A preempted pod must live long enough for the trainer's SIGTERM checkpoint, and
+    torchrun must not kill its workers before it is written."""
+    job = reference_spec(target)
+    job.spec.checkpoint.grace_period_seconds = 90
+    child = render(job, target)[-1]
+    pods = _pod_specs(child)
+    if target == "rayjob":
+        pods.append(child["spec"]["submitterPodTemplate"]["spec"])
+    assert pods and all(pod["terminationGracePeriodSeconds"] == 100 for pod in pods)
+    envs = [c["env"] for pod in pods for c in pod["containers"] if "env" in c and c["name"] != "ray-job-submitter"]
+    if target == "trainjob":
+        envs = [child["spec"]["trainer"]["env"]]
+    assert all({"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": "95"} in env for env in envs)

@@ -2,8 +2,9 @@
 
 A checkpoint is a directory `step-<global step>/` holding the model (safetensors), the
 optimizer and scheduler states, the position in training (epoch, batches consumed, best
-metric, ...), workload state (DANN's domain classifier), one RNG state file per rank (each
-rank draws different dropout and augmentation randomness) and `manifest.json`: the sha256 of
+metric, ...), workload state (DANN's domain classifier), one file per rank `rng-<r>.pt` with
+what differs between ranks (its RNG streams: each rank draws its own dropout and augmentation
+randomness; its running loss sums of the epoch) and `manifest.json`: the sha256 of
 every other file. It is written as `.step-<n>.tmp/`, every file fsynced, and renamed only when
 complete (`graft.fsutil.publish_dir`), so a process killed mid-write leaves the previous
 checkpoint as the newest one. Resume (`choose`) takes the newest checkpoint whose files all
@@ -35,23 +36,24 @@ from graft.spec.contracts import MANIFEST_FILE
 log = logging.getLogger("graft.checkpoint")
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
-MODEL_FILE, TRAINING_FILE = "model.safetensors", "training.pt"
+MODEL_FILE, TRAINING_FILE, RANK_FILE = "model.safetensors", "training.pt", "rng-{rank}.pt"
 
 
 def save(root: Path, step: int, model, optimizer, scheduler, position: dict, accelerator, keep_last: int,
-         extra: dict | None = None) -> Path:
+         extra: dict | None = None, rank_state: dict | None = None) -> Path:
     """Write a checkpoint collectively (every rank must call this); returns its directory.
-    `extra` holds more state for training.pt (tensors, numbers, lists, dicts only)."""
+    `extra` holds more state for training.pt, `rank_state` this rank's own state beside its
+    RNG streams (tensors, numbers, lists, dicts only)."""
     final, tmp = root / f"step-{step}", root / f".step-{step}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     tmp.mkdir(parents=True, exist_ok=True)  # a node that does not share the dir is refused at start
-    rng = tmp / f"rng-{accelerator.process_index}.pt"
-    torch.save(_rng_state(), rng)
-    fsync_file(rng)
-    hashes = [(rng.name, sha256_file(rng))]
+    mine = tmp / RANK_FILE.format(rank=accelerator.process_index)
+    torch.save({"rng": _rng_state(), **(rank_state or {})}, mine)
+    fsync_file(mine)
+    hashes = [(mine.name, sha256_file(mine))]
     if torch.distributed.is_initialized():
         gathered: list = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(gathered, hashes[0])
@@ -128,24 +130,25 @@ def load_weights(directory: Path, model) -> None:
         raise ValueError(f"checkpoint {directory} does not match this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
-def restore_rng(directory: Path, rank: int, fallback_seed: int) -> bool:
-    """Restore this rank's RNG streams; False (and a fresh seed) when the file is missing,
-    e.g. a resume with more ranks than the checkpoint had."""
-    path = directory / f"rng-{rank}.pt"
+def restore_rank(directory: Path, rank: int, fallback_seed: int) -> dict | None:
+    """Restore this rank's RNG streams and return the rest of its state; None (and a fresh
+    seed) when the checkpoint has no file for this rank, e.g. a resume with more ranks."""
+    path = directory / RANK_FILE.format(rank=rank)
     if not path.exists():
         random.seed(fallback_seed)
         np.random.seed(fallback_seed % 2**32)
         torch.manual_seed(fallback_seed)
-        return False
+        return None
     state = torch.load(path, weights_only=True)
-    version, internal, gauss = state["python"]
+    rng = state.pop("rng")
+    version, internal, gauss = rng["python"]
     random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
+    name, keys, pos, has_gauss, cached = rng["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    return True
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return state
 
 
 def _rng_state() -> dict:

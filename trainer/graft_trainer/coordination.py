@@ -81,7 +81,8 @@ class Coordinator:
         self.attempt = ""
         self.step = self.progress = 0
         self.state = STARTING
-        self.stop_requested_at: float | None = None
+        self.stop_requested_at: float | None = None  # when SIGTERM reached this rank
+        self.stop_requested_step = 0  # and at which step
         self._closed = threading.Event()
 
     # ------------------------------------------------------------------ start (collective)
@@ -169,7 +170,7 @@ class Coordinator:
 
     def _on_sigterm(self, signum, frame) -> None:
         if self.stop_requested_at is None:
-            self.stop_requested_at = time.monotonic()
+            self.stop_requested_at, self.stop_requested_step = time.monotonic(), self.step
             print(f"rank {self.rank}: SIGTERM received; stopping at the next step boundary to checkpoint",
                   file=sys.stderr, flush=True)
 

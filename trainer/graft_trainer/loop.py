@@ -12,6 +12,7 @@ a SIGTERM and whether the job's bad samples passed the limit, so they all act to
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import resource
@@ -168,7 +169,9 @@ def _fit(job: FineTuneJob, hooks: Hooks, accelerator, coordinator: Coordinator, 
             if saved:  # the optimizer/scheduler/RNG of the checkpoint belong to this stage
                 run.optimizer.load_state_dict(saved["optimizer"])
                 run.scheduler.load_state_dict(saved["scheduler"])
-                checkpoint.restore_rng(resume_dir, rank, training.seed + rank + position.step)
+                mine = checkpoint.restore_rank(resume_dir, rank, training.seed + rank + position.step)
+                if mine:  # this rank's running sums; the position holds rank 0's
+                    position.sums = list(mine["sums"])
                 saved = None
 
         train_started = time.monotonic()
@@ -246,7 +249,7 @@ class Saver:
             extra = {"target": self.target.state_dict()} if self.target else {}
             self.last_dir = checkpoint.save(
                 self.root, position.step, run.model, run.optimizer, run.scheduler, asdict(position),
-                self.accelerator, self.job.spec.checkpoint.keep_last, extra,
+                self.accelerator, self.job.spec.checkpoint.keep_last, extra, {"sums": list(position.sums)},
             )
         self.last_step = position.step
         if self.on_checkpoint:
@@ -257,14 +260,16 @@ class Saver:
         """Checkpoint where every rank stands (unless that step is saved already) and stop."""
         if position.step != self.last_step:
             self.save(run, position, metrics)
-        asked = self.coordinator.stop_requested_at
-        took = f" {time.monotonic() - asked:.1f} s after SIGTERM" if asked else ""
-        grace = self.job.spec.checkpoint.grace_period_seconds
-        if asked and time.monotonic() - asked > grace:
-            log.warning("the preemption checkpoint took longer than checkpoint.gracePeriodSeconds=%d", grace)
-        where = self.last_dir or self.root
+        asked, grace = self.coordinator.stop_requested_at, self.job.spec.checkpoint.grace_period_seconds
+        if asked is None:
+            how = "SIGTERM reached another rank"
+        else:
+            late = position.step - self.coordinator.stop_requested_step
+            how = f"{late} step{'s' * (late != 1)} and {time.monotonic() - asked:.1f} s after SIGTERM reached this rank"
+            if time.monotonic() - asked > grace:
+                log.warning("the preemption checkpoint took longer than checkpoint.gracePeriodSeconds=%d", grace)
         message = (f"preempted: stopped at step {position.step} (epoch {position.epoch + 1}, batch {position.batch}) "
-                   f"with checkpoint {where}{took}; rerun to resume from it")
+                   f"with checkpoint {self.last_dir or self.root} ({how}); run the job again to resume from it")
         raise Preempted(message)
 
 
@@ -347,11 +352,16 @@ def _train_epoch(job, run: Run, splits, position: Position, accelerator, loss_fn
         desc=f"epoch {position.epoch + 1}/{job.spec.strategy.total_epochs} [{run.stage.phase.name}]",
     )
     pending, seen = False, 0
-    for index, (inputs, labels) in enumerate(splits.train.loader(position.epoch, position.batch), start=position.batch):
-        if index % accumulation == 0 and _boundary(job, coordinator, splits, target):
+    batches = iter(splits.train.loader(position.epoch, position.batch))
+    for index in itertools.count(position.batch):
+        # the step boundary, before the next batch is read (reading draws augmentation randomness)
+        if index % accumulation == 0 and index < total and _boundary(job, coordinator, splits, target):
             bar.close()
             train_loss, train_accuracy = _running_means(position, accelerator)
             saver.preempt(run, position, _mid_epoch_metrics(run, position, train_loss, train_accuracy))
+        inputs, labels = next(batches, (None, None))
+        if inputs is None:
+            break
         inputs, labels = to_device(inputs, accelerator.device), labels.to(accelerator.device)
         sync = (index + 1) % accumulation == 0 or index + 1 == total
         with nullcontext() if sync else accelerator.no_sync(run.model):

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from graft.spec import FineTuneJob, contracts
-from graft.spec.contracts import JOB_LABEL, SPEC_KEY, TERMINATION_LOG
+from graft.spec.contracts import GRACE_MARGIN_SECONDS, JOB_LABEL, SPEC_KEY, TERMINATION_LOG
 
 SPEC_DIR = "/etc/graft"
 SPEC_PATH = f"{SPEC_DIR}/{SPEC_KEY}"
@@ -59,12 +59,20 @@ def pod_labels(job: FineTuneJob) -> dict[str, str]:
     return {JOB_LABEL: job.metadata.name}
 
 
+def termination_grace(job: FineTuneJob) -> int:
+    """terminationGracePeriodSeconds: the trainer's checkpoint grace plus a margin."""
+    return job.spec.checkpoint.grace_period_seconds + GRACE_MARGIN_SECONDS
+
+
 def env(job: FineTuneJob) -> list[Manifest]:
-    """Plain values and secretKeyRefs only: a secret's value never enters a manifest."""
+    """Plain values and secretKeyRefs only: a secret's value never enters a manifest. torchrun
+    waits TORCH_ELASTIC_SHUTDOWN_TIMEOUT for its workers after passing SIGTERM on (default
+    30 s): long enough for the preemption checkpoint, short of the pod's grace."""
     user = job.spec.kubernetes.env
     names = {var.name for var in user}
+    base = {**BASE_ENV, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(termination_grace(job) - GRACE_MARGIN_SECONDS // 2)}
     out: list[Manifest] = [
-        {"name": name, "value": value} for name, value in BASE_ENV.items() if name not in names
+        {"name": name, "value": value} for name, value in base.items() if name not in names
     ]
     for var in user:
         if var.secret_key_ref is not None:
@@ -205,6 +213,7 @@ def pod_spec(job: FineTuneJob, containers: list[Manifest], *, shm: bool = False)
         out["schedulerName"] = k8s.scheduler_name
     if k8s.priority_class:
         out["priorityClassName"] = k8s.priority_class
+    out["terminationGracePeriodSeconds"] = termination_grace(job)  # SIGTERM → checkpoint → exit
     out["securityContext"] = pod_security()
     out["volumes"] = volumes(job, shm=shm)
     return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from graft.render.common import (
     Manifest, RenderError, SPEC_PATH, container, container_security, object_meta, pod_labels,
-    pod_security, pod_template,
+    pod_security, pod_template, termination_grace,
 )
 from graft.spec import FineTuneJob
 from graft.spec.contracts import CHILD_KINDS, RAY_DRIVER_ROLE, ROLE_LABEL
@@ -106,6 +106,7 @@ def _submitter(job: FineTuneJob) -> Manifest:
         "metadata": {"labels": {**pod_labels(job), ROLE_LABEL: RAY_DRIVER_ROLE}},
         "spec": {
             "restartPolicy": "Never",  # a Job's pods must not restart in place; the Job retries
+            "terminationGracePeriodSeconds": termination_grace(job),
             "securityContext": pod_security(),
             "containers": [submitter],
             "volumes": [{"name": "graft-tmp", "emptyDir": {}}],

@@ -19,6 +19,7 @@ from graft.render.common import (
     pod_labels,
     pod_security,
     resources,
+    termination_grace,
     volume_mounts,
     volumes,
 )
@@ -80,6 +81,7 @@ def _patch(job: FineTuneJob) -> Manifest:
     pod: Manifest = {
         "containers": [{"name": NODE, "volumeMounts": mounts}],
         "volumes": [v for v in volumes(job) if v["name"] not in _RUNTIME_VOLUME_NAMES],
+        "terminationGracePeriodSeconds": termination_grace(job),  # SIGTERM → checkpoint → exit
     }
     if k8s.service_account:
         pod["serviceAccountName"] = k8s.service_account
