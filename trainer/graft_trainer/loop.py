@@ -152,7 +152,7 @@ def _fit(job: FineTuneJob, hooks: Hooks, accelerator, coordinator: Coordinator, 
         print(f"resuming from {resume_dir} (epoch {position.epoch + 1}, batch {position.batch})", flush=True)
     if not saved:
         set_seed(training.seed + rank, device_specific=False)  # per-rank dropout/augmentation
-    reporter = Reporter(Path(spec.output.dir), accelerator.is_main_process, position.epoch)
+    reporter = Reporter(Path(spec.output.dir), accelerator.is_main_process, position.epoch, job.metadata.name)
     saver = Saver(job, checkpoints, accelerator, coordinator, target, hooks.on_checkpoint, position.step if saved else -1)
 
     total_epochs = spec.strategy.total_epochs

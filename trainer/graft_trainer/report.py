@@ -20,8 +20,8 @@ METRIC_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_
 
 
 class Reporter:
-    def __init__(self, directory: Path, enabled: bool, completed_epochs: int):
-        self.directory, self.enabled = directory, enabled
+    def __init__(self, directory: Path, enabled: bool, completed_epochs: int, job_name: str):
+        self.directory, self.enabled, self.job_name = directory, enabled, job_name
         self.metrics_path, self.plot_path = directory / "metrics.jsonl", directory / "plot.png"
         self.report_path = directory / "report.json"
         self._writer = None
@@ -42,7 +42,7 @@ class Reporter:
         for key in METRIC_KEYS:
             writer.add_scalar(key, metrics[key], metrics["epoch"])
         writer.flush()
-        plot(self.history(), self.plot_path)
+        plot(self.history(), self.plot_path, self.job_name)
 
     def param_summary(self, phase: str, summary: dict) -> None:
         if not self.enabled:
@@ -71,23 +71,35 @@ class Reporter:
         return self._writer
 
 
-def plot(history: list[dict], path: Path) -> None:
-    """Train/validation loss and accuracy per epoch; dotted lines where a new phase starts."""
+def plot(history: list[dict], path: Path, job_name: str) -> None:
+    """Train/validation loss and accuracy per epoch (whole epochs on the axis), each phase
+    shaded and named, under the job's name."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [m["epoch"] for m in history]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    phases: list[tuple[str, int, int]] = []  # (name, first epoch, last epoch), in order
+    for m in history:
+        if phases and phases[-1][0] == m["phase"]:
+            phases[-1] = (m["phase"], phases[-1][1], m["epoch"])
+        else:
+            phases.append((m["phase"], m["epoch"], m["epoch"]))
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4.4))
+    fig.suptitle(f"{job_name}: training history")
     for ax, key in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        for index, (phase, first, last) in enumerate(phases):
+            ax.axvspan(first - 0.5, last + 0.5, color="grey", alpha=0.12 if index % 2 == 0 else 0.04, lw=0)
+            ax.text((first + last) / 2, 1.01, phase, transform=ax.get_xaxis_transform(), ha="center",
+                    va="bottom", fontsize=8, color="dimgrey")
         ax.plot(epochs, [m[f"train_{key}"] for m in history], "o-", label=f"train {key}")
         ax.plot(epochs, [m[f"val_{key}"] for m in history], "o-", label=f"validation {key}")
-        for before, after in zip(history, history[1:]):
-            if after["phase"] != before["phase"]:
-                ax.axvline(before["epoch"] + 0.5, linestyle=":", color="grey")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
         ax.set_xlabel("epoch")
-        ax.set_title(key)
+        ax.set_title(key, pad=16)
         ax.legend()
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
