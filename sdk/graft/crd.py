@@ -21,65 +21,41 @@ PHASES = ["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 _DROPPED = {"title", "examples", "$schema", "$id", "$defs"}
 
 _TIME = {"type": "string", "format": "date-time"}
-STATUS_SCHEMA: Schema = {
-    "type": "object",
-    "description": "Written by the Graft operator from the child job and the trainer's progress.",
-    "properties": {
-        "phase": {"type": "string", "enum": PHASES},
-        "message": {"type": "string", "description": "Why the job is in this phase, in words."},
-        "observedGeneration": {"type": "integer", "format": "int64"},
-        "conditions": {
-            "type": "array",
-            "x-kubernetes-list-type": "map",
-            "x-kubernetes-list-map-keys": ["type"],
-            "items": {
-                "type": "object",
-                "required": ["type", "status"],
-                "properties": {
-                    "type": {"type": "string"},
-                    "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-                    "reason": {"type": "string"},
-                    "message": {"type": "string"},
-                    "lastTransitionTime": _TIME,
-                },
-            },
-        },
-        "startTime": _TIME,
-        "completionTime": _TIME,
-        "restarts": {"type": "integer", "minimum": 0},
-        "lastCheckpoint": {"type": "string", "description": "Newest checkpoint dir written."},
-        "bestMetric": {
-            "type": "object",
-            "properties": {
-                "name": {"type": "string"},
-                "value": {"type": "number"},
-                "epoch": {"type": "integer"},
-            },
-        },
-        "progress": {
-            "type": "object",
-            "description": "The trainer's latest `graft-progress` line.",
-            "properties": {
-                "summary": {"type": "string", "description": "e.g. '3/10 epochs' (printer column)."},
-                "epoch": {"type": "integer"},
-                "epochs": {"type": "integer"},
-                "trainLoss": {"type": "number"},
-                "valLoss": {"type": "number"},
-                "valAccuracy": {"type": "number"},
-                "valMacroF1": {"type": "number"},
-            },
-        },
-        "child": {
-            "type": "object",
-            "description": "The PyTorchJob, RayJob or TrainJob this job created.",
-            "properties": {
-                "apiVersion": {"type": "string"},
-                "kind": {"type": "string"},
-                "name": {"type": "string"},
-            },
-        },
+_STRING, _NUMBER, _INTEGER = {"type": "string"}, {"type": "number"}, {"type": "integer"}
+
+
+def _object(description: str | None = None, required: list[str] | None = None, **properties: Schema) -> Schema:
+    extra = {"description": description} if description else {}
+    return {"type": "object", **extra, **({"required": required} if required else {}), "properties": properties}
+
+
+STATUS_SCHEMA: Schema = _object(
+    "Written by the Graft operator from the child job and the trainer's progress.",
+    phase={"type": "string", "enum": PHASES},
+    message={"type": "string", "description": "Why the job is in this phase, in words."},
+    observedGeneration={"type": "integer", "format": "int64"},
+    conditions={
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": _object(required=["type", "status"], type=_STRING,
+                         status={"type": "string", "enum": ["True", "False", "Unknown"]},
+                         reason=_STRING, message=_STRING, lastTransitionTime=_TIME),
     },
-}
+    startTime=_TIME,
+    completionTime=_TIME,
+    restarts={"type": "integer", "minimum": 0},
+    lastCheckpoint={"type": "string", "description": "Newest checkpoint dir written."},
+    bestMetric=_object(name=_STRING, value=_NUMBER, epoch=_INTEGER),
+    progress=_object(
+        "The trainer's latest `graft-progress` line.",
+        summary={"type": "string", "description": "e.g. '3/10 epochs' (printer column)."},
+        epoch=_INTEGER, epochs=_INTEGER, trainLoss=_NUMBER, valLoss=_NUMBER, valAccuracy=_NUMBER,
+        valMacroF1=_NUMBER,
+    ),
+    child=_object("The PyTorchJob, RayJob or TrainJob this job created.",
+                  apiVersion=_STRING, kind=_STRING, name=_STRING),
+)
 
 PRINTER_COLUMNS = [
     {"name": "Backend", "type": "string", "jsonPath": ".spec.backend"},

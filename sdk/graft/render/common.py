@@ -147,26 +147,20 @@ def volume_mounts(job: FineTuneJob, *, shm: bool = False) -> list[Manifest]:
     return out
 
 
+def _restricted(**extra: Any) -> Manifest:
+    """What the pod and each container both state of the 'restricted' Pod Security Standard
+    (non-root UID, the runtime's seccomp profile), with `extra` in between."""
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS, **extra, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
 def container_security() -> Manifest:
     """Kubernetes 'restricted' Pod Security Standard, plus a read-only root filesystem."""
-    return {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            **_restricted(capabilities={"drop": ["ALL"]})}
 
 
 def pod_security() -> Manifest:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS,
-        "runAsGroup": RUN_AS,
-        "fsGroup": RUN_AS,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+    return _restricted(runAsGroup=RUN_AS, fsGroup=RUN_AS)
 
 
 def container(
