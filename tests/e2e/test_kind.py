@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 import graft
+from graft.spec.contracts import read_progress, read_result
 
 pytestmark = pytest.mark.kind
 
@@ -134,14 +135,14 @@ def _assert_both_ranks_ran(core, name: str, backend: str, logs: list[str]) -> No
     text = "\n".join(logs)[-4000:]
     if backend == "rayjob":
         # the driver prints Ray Train's result; the two Train workers ran on the two worker pods
-        result = next(json.loads(line.split("graft-result ", 1)[1]) for line in logs if "graft-result {" in line)
-        assert result["summary"]["epochs_run"] == 1, text
+        result = next(filter(None, map(read_result, logs)))
+        assert result.summary.epochs_run == 1, text
         selector = f"graft.dev/job={name},ray.io/node-type=worker"
         assert len(core.list_namespaced_pod(NAMESPACE, label_selector=selector).items) == 2
         return
     # rank 0 reports every epoch; each torchrun node's elastic agent logs its global rank
-    progress = [json.loads(line.split("graft-progress ", 1)[1]) for line in logs if "graft-progress {" in line]
-    assert progress and progress[-1]["epoch"] == progress[-1]["epochs"] == 1, text
+    progress = [p for p in map(read_progress, logs) if p is not None]
+    assert progress and progress[-1].epoch == progress[-1].epochs == 1, text
     pods = {line.split("]", 1)[0] for line in logs}
     assert len(pods) == 2, text
     for rank in (0, 1):

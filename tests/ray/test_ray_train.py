@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from graft.backends.base import JobNotFound
+from graft.spec.contracts import read_progress
 from ray_jobs import EPOCHS, tiny_job, write_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.distributed]
@@ -56,8 +57,8 @@ def test_two_worker_finetune_completes_with_checkpoints_on_disk(ray_backend, ray
 
     # Ray Train ran two workers, and the loop's rank 0 reported every epoch.
     assert any("world_rank=1" in line for line in logs)
-    progress = [line for line in logs if "RayTrainWorker" in line and "graft-progress " in line]
-    assert [json.loads(line.split("graft-progress ", 1)[1])["epoch"] for line in progress] == [1, 2, 3]
+    progress = [read_progress(line) for line in logs if "RayTrainWorker" in line]
+    assert [p.epoch for p in progress if p is not None] == [1, 2, 3]
 
     # Ray kept the best keepLast=2 checkpoints, each a complete loop checkpoint of both ranks.
     kept = sorted((p.name for p in _storage(output, "ray-digits").glob("step-*")), key=_step)
