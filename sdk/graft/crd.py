@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from graft.spec import API_VERSION, KIND, json_schema
+from graft.spec import json_schema
+from graft.spec.contracts import FINETUNEJOB
 
 Schema = dict[str, Any]
 
-GROUP, VERSION = API_VERSION.split("/")
-PLURAL = "finetunejobs"
+GROUP, VERSION, PLURAL, KIND = FINETUNEJOB
 PHASES = ["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 _DROPPED = {"title", "examples", "$schema", "$id", "$defs"}
 
