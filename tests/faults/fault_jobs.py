@@ -9,6 +9,7 @@ restore every RNG stream to be bit-identical.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -80,6 +81,20 @@ def launch_node(spec: Path, node_rank: int, port: int, cwd: Path) -> subprocess.
                "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "graft_trainer", str(spec)]
     return subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=trainer_env(),
                             start_new_session=True)
+
+
+def kill_node(agent: subprocess.Popen) -> None:
+    """kill -9 a whole node, as when its pod or machine dies: the torchrun agent and every
+    process under it (torchrun starts each worker in a session of its own)."""
+    import psutil
+
+    victims = [agent.pid, *(child.pid for child in psutil.Process(agent.pid).children(recursive=True))]
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    agent.wait(timeout=EVENT_TIMEOUT_S)
 
 
 def wait_for(condition: Callable[[], bool], procs: list[subprocess.Popen], what: str) -> None:
