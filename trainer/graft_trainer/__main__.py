@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from local paths, never the Hub
+    if not sys.stderr.isatty():  # a pipe or a pod log: a redrawn bar is one line per update
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' and the Hub's bars
     try:
         job = load_spec(args.spec)
         if args.output:
