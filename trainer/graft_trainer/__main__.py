@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from local paths, never the Hub
     if not sys.stderr.isatty():  # a pipe or a pod log: a redrawn bar is one line per update
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' and the Hub's bars
+        for library in ("HF_HUB", "HF_DATASETS"):  # transformers and the Hub's bars; datasets'
+            os.environ.setdefault(f"{library}_DISABLE_PROGRESS_BARS", "1")
     try:
         job = load_spec(args.spec)
         if args.output:
