@@ -12,6 +12,11 @@ exactly the environment a PyTorchJob pod's torchrun gives them. What Graft adds 
 - SIGTERM (delete) and SIGUSR1 (suspend) stop the ranks through torchrun's own shutdown.
 
 The job directory's layout and state are graft.spec.contracts' (LOCAL_*, LocalState).
+
+Its cost is torchrun's: importing torch's launcher takes about 1.4 s and 0.5 GiB resident
+(mostly libtorch pages the ranks map too) on the 2-core dev VM, measured against 32 MiB for the
+hand-written supervisor it replaced; start to "Started" went from 0.3 s to 3.2 s under load.
+A PyTorchJob pod pays the same for its torchrun.
 """
 
 from __future__ import annotations
