@@ -4,6 +4,7 @@ this machine may lack (kind/Docker, a GPU)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -80,8 +81,8 @@ UPSTREAM_CRDS = ("kubeflow.org_pytorchjobs.yaml", "ray.io_rayjobs.yaml", "ray.io
                  "trainer.kubeflow.org_trainjobs.yaml", "trainer.kubeflow.org_clustertrainingruntimes.yaml")
 
 
-@pytest.fixture(scope="session")
-def control_plane(tmp_path_factory, crds_dir):
+@contextlib.contextmanager
+def running_control_plane(workdir: Path, crds_dir: Path):
     """etcd, kube-apiserver, kube-controller-manager and kube-scheduler on loopback, built by
     tests/controlplane/build.sh, with Graft's CRDs and the real upstream CRDs installed. A
     failure to build or start fails the tests that need it, with the step and its log tail."""
@@ -89,11 +90,11 @@ def control_plane(tmp_path_factory, crds_dir):
 
     from controlplane.cluster import ControlPlane, ControlPlaneError
 
-    plane = ControlPlane(tmp_path_factory.mktemp("controlplane"))
+    plane = ControlPlane(workdir)
     try:
         plane.start()
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        crds = [yaml.load(path.read_text(), Loader=loader) for path in GRAFT_CRDS]
+        crds = [doc for path in GRAFT_CRDS for doc in yaml.load_all(path.read_text(), Loader=loader) if doc]
         crds += [yaml.load((crds_dir / name).read_text(), Loader=loader) for name in UPSTREAM_CRDS]
         plane.install_crds(crds)
     except ControlPlaneError as exc:
@@ -103,8 +104,17 @@ def control_plane(tmp_path_factory, crds_dir):
         plane.stop()
         raise
     print(f"control plane up: build {plane.timings['build_s']:.1f} s, start {plane.timings['start_s']:.1f} s")
-    yield plane
-    plane.stop()
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory, crds_dir):
+    """The session's control plane, shared by every test that talks to Kubernetes."""
+    with running_control_plane(tmp_path_factory.mktemp("controlplane"), crds_dir) as plane:
+        yield plane
 
 
 @pytest.fixture

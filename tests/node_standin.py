@@ -111,6 +111,9 @@ class NodeStandIn:
         except ApiException as exc:
             if exc.status != 409:
                 raise
+        # Admission taints a new Node not-ready; the node lifecycle controller (not run here)
+        # would lift it once the node reports Ready, as this one does at once.
+        self.core.patch_node(NODE_NAME, {"spec": {"taints": None}})
         self.core.patch_node_status(NODE_NAME, {"status": {
             "capacity": self.capacity, "allocatable": self.capacity,
             "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},

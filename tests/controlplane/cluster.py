@@ -44,6 +44,7 @@ CONTROLLERS = ",".join([
     "serviceaccount-controller",
     "serviceaccount-token-controller",
     "job-controller",
+    "resourcequota-controller",
 ])
 
 

@@ -1,6 +1,7 @@
-"""Fixtures for the operator tests: the kmock API emulator (registered with the real FineTuneJob
-CRD and the real upstream child CRDs) and the operator running as a real process against it,
-started once for every module (tests use their own job names and compare metrics as deltas)."""
+"""Fixtures for the operator tests, on the real control plane: Graft's chart installed by the
+real helm (its ServiceAccount, ClusterRole and bindings), and the operator running as a real
+process with a token of that ServiceAccount, so every call it makes is checked against the RBAC
+the chart grants. Started once per session; tests use their own namespaces."""
 
 from __future__ import annotations
 
@@ -8,40 +9,38 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from kube_emulator import Emulator  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402
 
-from graft.crd import finetunejob_crd  # noqa: E402
-
-CHILD_CRDS = ("kubeflow.org_pytorchjobs.yaml", "ray.io_rayjobs.yaml", "trainer.kubeflow.org_trainjobs.yaml")
-
-
-@pytest.fixture(scope="session")
-def emulator(crds_dir: Path):
-    crds = [finetunejob_crd()] + [yaml.safe_load((crds_dir / f).read_text()) for f in CHILD_CRDS]
-    with Emulator(crds) as running:
-        yield running
+CHART = Path(__file__).resolve().parents[2] / "charts" / "graft"
+RELEASE, RELEASE_NAMESPACE = "graft", "graft-system"
+OPERATOR_ACCOUNT = f"{RELEASE}-operator"
 
 
 @pytest.fixture(scope="session")
-def kube_api(emulator, tmp_path_factory):
-    """A kubernetes client configured for the emulator, as the operator's own is."""
+def operator_kubeconfig(control_plane, tmp_path_factory) -> Path:
+    """`helm install` of the chart (the Deployment never runs: no kubelet), then a kubeconfig
+    holding a real token of the operator's ServiceAccount."""
+    control_plane.helm("install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, "--create-namespace",
+                       "--set", "tests.enabled=false")
+    return control_plane.service_account_kubeconfig(
+        RELEASE_NAMESPACE, OPERATOR_ACCOUNT, tmp_path_factory.mktemp("operator-sa") / "kubeconfig")
+
+
+@pytest.fixture(scope="session")
+def kube_api(control_plane):
+    """An admin client: the test's own hands (the user's kubectl, the training operator)."""
     from kubernetes import config
 
-    kubeconfig = emulator.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config")
-    api = config.new_client_from_config(str(kubeconfig))
-    api.kubeconfig_path = kubeconfig
-    return api
+    return config.new_client_from_config(str(control_plane.kubeconfig))
 
 
 @pytest.fixture(scope="session")
-def operator(kube_api, tmp_path_factory):
-    """`python -m graft.operator --standalone` watching the emulator (log kept for failures)."""
+def operator(operator_kubeconfig, tmp_path_factory):
+    """`python -m graft.operator --standalone` as the chart's ServiceAccount (log kept)."""
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    with OperatorProcess(kube_api.kubeconfig_path, log) as running:
+    with OperatorProcess(operator_kubeconfig, log) as running:
         yield running
     print(log.read_text()[-5000:])

@@ -46,20 +46,9 @@ class OperatorProcess:
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()
         try:
-            self.proc.wait(15)
+            self.proc.wait(5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
 
-
-def wait_for(condition, timeout: float = 60.0, interval: float = 0.05):
-    """Poll `condition()` until it returns something truthy; the value, or AssertionError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)

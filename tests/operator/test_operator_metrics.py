@@ -1,23 +1,21 @@
 """The operator's Prometheus metrics, scraped over HTTP on loopback from the real operator
-process (`--metrics-port`, as the Deployment runs it) while it reconciles FineTuneJobs in the
-kmock API *emulator*. The operator is shared with the other operator tests, so every figure is
+process (`--metrics-port`, as the Deployment runs it) while it reconciles FineTuneJobs on the
+real control plane. The operator is shared with the other operator tests, so every figure is
 compared as the change between a scrape before and after this test's jobs."""
 
 from __future__ import annotations
 
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
 import yaml
-from operator_process import wait_for
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
+from tools import wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.controlplane
 
-NS = "default"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "finetunejob.yaml"
 Samples = dict[tuple[str, frozenset], float]
 
@@ -30,19 +28,19 @@ def scrape(url: str) -> Samples:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def submit(custom, name: str, **spec_changes) -> None:
-    doc = yaml.safe_load(EXAMPLE.read_text())
-    doc["metadata"].update(name=name, namespace=NS, uid=str(uuid.uuid4()))
-    doc["spec"].update(spec_changes)
-    custom.create_namespaced_custom_object("graft.dev", "v1alpha1", NS, "finetunejobs", doc)
-
-
-def status(custom, name: str) -> dict:
-    return custom.get_namespaced_custom_object("graft.dev", "v1alpha1", NS, "finetunejobs", name).get("status") or {}
-
-
-def test_metrics_count_jobs_by_phase_and_reconciles_by_result(operator, kube_api):
+def test_metrics_count_jobs_by_phase_and_reconciles_by_result(operator, kube_api, namespace):
     custom = client.CustomObjectsApi(kube_api)
+
+    def submit(custom, name: str, **spec_changes) -> None:
+        doc = yaml.safe_load(EXAMPLE.read_text())
+        doc["metadata"] = {"name": name}
+        doc["spec"].update(spec_changes)
+        custom.create_namespaced_custom_object("graft.dev", "v1alpha1", namespace, "finetunejobs", doc)
+
+    def status(custom, name: str) -> dict:
+        return custom.get_namespaced_custom_object("graft.dev", "v1alpha1", namespace, "finetunejobs",
+                                                   name).get("status") or {}
+
     before = scrape(operator.metrics_url)
 
     def change(after: Samples, name: str, **labels: str) -> float:
@@ -54,10 +52,10 @@ def test_metrics_count_jobs_by_phase_and_reconciles_by_result(operator, kube_api
     wait_for(lambda: status(custom, "metrics-ok").get("phase") == "Pending")
     wait_for(lambda: status(custom, "metrics-bad").get("phase") == "Failed")
     # The training operator's part: the child runs. Then a user edits the running job's spec.
-    custom.patch_namespaced_custom_object_status("kubeflow.org", "v1", NS, "pytorchjobs", "metrics-ok", {
+    custom.patch_namespaced_custom_object_status("kubeflow.org", "v1", namespace, "pytorchjobs", "metrics-ok", {
         "status": {"conditions": [{"type": "Running", "status": "True", "reason": "PyTorchJobRunning"}]}})
     wait_for(lambda: status(custom, "metrics-ok").get("phase") == "Running")
-    custom.patch_namespaced_custom_object("graft.dev", "v1alpha1", NS, "finetunejobs", "metrics-ok",
+    custom.patch_namespaced_custom_object("graft.dev", "v1alpha1", namespace, "finetunejobs", "metrics-ok",
                                           {"spec": {"training": {"batchSize": 8}}})
     after = wait_for(lambda: (samples := scrape(operator.metrics_url))
                      and change(samples, "graft_reconcile_total", handler="spec_changed", result="rejected")

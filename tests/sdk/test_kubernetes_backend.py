@@ -1,187 +1,222 @@
-"""The Kubernetes backend against the kmock API *emulator* on loopback (not a real API server:
-no scheduler, no operator, no kubelet). The test plays the training operator and the kubelet
-by writing pods, statuses and events through the API, so the SDK sees them only the way it
-would on a cluster: through LIST/WATCH/GET responses."""
+"""The Kubernetes backend against the real control plane (tests/controlplane): real watches and
+resourceVersions, server-side validation against the real PyTorchJob CRD, the real scheduler.
+No training operator runs here (tests/controllers runs it), so the test writes the PyTorchJob's
+status through its status subresource the way the training operator does, and creates pods as
+it would. Each test has its own namespace; the SDK talks as user `graft-sdk`, the test as
+`graft-admin`, so the API server's audit log shows exactly which requests the SDK made."""
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
-import time
+from types import SimpleNamespace
 
 import pytest
 import yaml
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 from typer.testing import CliRunner
 
 from graft.api import Client
 from graft.cli import app
 
 from sdk_specs import TINY_JOB, write_spec
+from tools import wait_for
 
-pytestmark = pytest.mark.integration
-PYTORCHJOBS = ("kubeflow.org", "v1", "default", "pytorchjobs")
+pytestmark = pytest.mark.controlplane
+NAME = TINY_JOB["metadata"]["name"]
+INERT_NODE = "no-kubelet-here"  # pods bound to a node no kubelet serves stay exactly as written
 
 
 @pytest.fixture
-def kube(kubeconfig):
-    """(the SDK client under test, a raw API client playing operator and kubelet)."""
-    api = config.new_client_from_config(str(kubeconfig))
-    return Client("kubernetes", kubeconfig=str(kubeconfig)), client.CoreV1Api(api), client.CustomObjectsApi(api)
+def kube(control_plane, namespace, tmp_path, monkeypatch):
+    """The SDK client under test (user graft-sdk, also the CLI's KUBECONFIG) and admin clients
+    that play the training operator and the kubelet."""
+    sdk_config = control_plane.user_kubeconfig("graft-sdk", namespace, tmp_path / "sdk.kubeconfig")
+    monkeypatch.setenv("KUBECONFIG", str(sdk_config))
+    admin = config.new_client_from_config(str(control_plane.kubeconfig))
+    return SimpleNamespace(sdk=Client("kubernetes", kubeconfig=str(sdk_config)), ns=namespace,
+                           core=client.CoreV1Api(admin), custom=client.CustomObjectsApi(admin),
+                           plane=control_plane)
 
 
-def _later(seconds, action):
-    thread = threading.Thread(target=lambda: (time.sleep(seconds), action()), daemon=True)
-    thread.start()
-    return thread
+def set_conditions(kube, *conditions):
+    """What the training operator writes: PyTorchJob status, through the status subresource."""
+    kube.custom.patch_namespaced_custom_object_status(
+        "kubeflow.org", "v1", kube.ns, "pytorchjobs", NAME, {"status": {"conditions": list(conditions)}})
 
 
-def _set_conditions(custom, *conditions):
-    custom.patch_namespaced_custom_object(*PYTORCHJOBS, TINY_JOB["metadata"]["name"],
-                                          {"status": {"conditions": list(conditions)}})
+def pytorchjob(kube) -> dict | None:
+    try:
+        return kube.custom.get_namespaced_custom_object("kubeflow.org", "v1", kube.ns, "pytorchjobs", NAME)
+    except ApiException as exc:
+        assert exc.status == 404
+        return None
 
 
-def _pod(name, phase, *, job="tiny-digits", status=None):
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "default",
-                         "labels": {"graft.dev/job": job, "training.kubeflow.org/job-name": job}},
-            "spec": {"containers": [{"name": "pytorch", "image": "graft-trainer"}]},
-            "status": {"phase": phase, **(status or {})}}
+def pod(kube, name, *, job=NAME, node=INERT_NODE, command=None, resources=None, status=None):
+    """A pod as the training operator creates it; with `status`, the kubelet's report of it."""
+    container = {"name": "pytorch", "image": "graft-trainer",
+                 "command": command or ["true"], "resources": resources or {}}
+    body = {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"graft.dev/job": job, "training.kubeflow.org/job-name": job}},
+            "spec": {"containers": [container], "restartPolicy": "Never",
+                     **({"nodeName": node} if node else {})}}
+    kube.core.create_namespaced_pod(kube.ns, body)
+    if status:
+        kube.core.patch_namespaced_pod_status(name, kube.ns, {"status": status})
 
 
-def test_submit_creates_the_spec_configmap_and_the_pytorchjob(emulator, kube):
-    sdk, _, _ = kube
-    ref = sdk.submit(TINY_JOB)
-    assert (ref.kind, ref.namespace) == ("PyTorchJob", "default")
-    configmap = emulator.stored("v1/configmaps", "tiny-digits-spec")
-    assert yaml.safe_load(configmap["data"]["spec.yaml"])["metadata"]["name"] == "tiny-digits"
-    job = emulator.stored("kubeflow.org/v1/pytorchjobs", "tiny-digits")
-    assert job["metadata"]["labels"]["graft.dev/job"] == "tiny-digits"
+def sdk_requests(kube, since: int = 0) -> list[tuple[str, str]]:
+    """(verb, resource) of every request the SDK made in this test's namespace, from the API
+    server's audit log."""
+    mine = [e for e in kube.plane.requests_by("graft-sdk") if (e.get("objectRef") or {}).get("namespace") == kube.ns]
+    return [(e["verb"], e["objectRef"].get("resource", "")) for e in mine[since:]]
+
+
+def test_submit_creates_the_spec_configmap_and_a_pytorchjob_the_real_crd_accepts(kube):
+    ref = kube.sdk.submit(TINY_JOB)
+    assert (ref.kind, ref.namespace) == ("PyTorchJob", kube.ns)
+    configmap = kube.core.read_namespaced_config_map(f"{NAME}-spec", kube.ns)
+    assert yaml.safe_load(configmap.data["spec.yaml"])["metadata"]["name"] == NAME
+    job = pytorchjob(kube)
+    assert job["metadata"]["labels"]["graft.dev/job"] == NAME
     assert set(job["spec"]["pytorchReplicaSpecs"]) == {"Master", "Worker"}
-    assert sdk.get("tiny-digits").phase == "Pending"
-    assert [s.name for s in sdk.list()] == ["tiny-digits"]
+    assert kube.sdk.get(NAME).phase == "Pending"
+    assert [s.name for s in kube.sdk.list()] == [NAME]
+    assert sdk_requests(kube)[:2] == [("create", "configmaps"), ("create", "pytorchjobs")]
 
 
-def test_invalid_spec_submits_nothing_and_exits_2(emulator, kubeconfig, tmp_path):
+def test_invalid_spec_submits_nothing_and_exits_2(kube, tmp_path):
     doc = yaml.safe_load(yaml.safe_dump(TINY_JOB))
     doc["spec"]["resources"].update(procsPerNode=2, gpusPerNode=3)
     result = CliRunner().invoke(app, ["submit", str(write_spec(tmp_path / "bad.yaml", doc))])
     assert result.exit_code == 2
     assert "gpusPerNode must be a multiple of procsPerNode" in result.output
-    assert emulator.requests() == []
+    assert sdk_requests(kube) == []  # not one request reached the API server
 
 
-def test_wait_is_woken_by_the_watch_and_makes_no_polling_gets(emulator, kube):
-    sdk, _, custom = kube
-    sdk.submit(TINY_JOB)
-    before = len(emulator.requests())
-    _later(0.5, lambda: _set_conditions(custom, {"type": "Running", "status": "True"}))
-    _later(1.0, lambda: _set_conditions(
-        custom, {"type": "Running", "status": "False"},
-        {"type": "Succeeded", "status": "True", "message": "PyTorchJob tiny-digits is successfully completed."}))
-    started = time.monotonic()
-    status = sdk.wait("tiny-digits", timeout=20)
-    assert status.phase == "Succeeded" and "successfully completed" in status.message
-    assert time.monotonic() - started < 5
-    made_by_wait = [r for r in emulator.requests()[before:] if r.method.name == "GET"]
-    assert [r.action.name for r in made_by_wait] == ["LIST", "WATCH"]
+def test_wait_is_woken_by_the_watch_and_makes_no_polling_gets(kube):
+    kube.sdk.submit(TINY_JOB)
+    before = len(sdk_requests(kube))
+    set_conditions(kube, {"type": "Created", "status": "True"})
+    waiter_started = threading.Event()
+    result: dict = {}
+
+    def waiter():
+        waiter_started.set()
+        result["status"] = kube.sdk.wait(NAME, timeout=60)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    waiter_started.wait()
+    # The watch is open once the API server has logged it; then the job moves on twice.
+    wait_for(lambda: ("watch", "pytorchjobs") in sdk_requests(kube, before))
+    set_conditions(kube, {"type": "Running", "status": "True"})
+    set_conditions(kube, {"type": "Running", "status": "False"},
+                   {"type": "Succeeded", "status": "True", "message": f"PyTorchJob {NAME} is successfully completed."})
+    thread.join(60)
+    assert result["status"].phase == "Succeeded" and "successfully completed" in result["status"].message
+    assert sdk_requests(kube, before) == [("list", "pytorchjobs"), ("watch", "pytorchjobs")]
 
 
-def test_cli_wait_exits_4_when_the_job_fails(emulator, kube):
-    sdk, _, custom = kube
-    sdk.submit(TINY_JOB)
-    _set_conditions(custom, {"type": "Failed", "status": "True", "message": "Master replica failed"})
-    result = CliRunner().invoke(app, ["wait", "tiny-digits", "--timeout", "10"])
+def test_cli_wait_exits_4_when_the_job_fails(kube):
+    kube.sdk.submit(TINY_JOB)
+    set_conditions(kube, {"type": "Failed", "status": "True", "message": "Master replica failed"})
+    result = CliRunner().invoke(app, ["wait", NAME, "--timeout", "30"])
     assert result.exit_code == 4, result.output
     assert "Master replica failed" in result.output
 
 
-def test_logs_follow_merges_pods_including_one_that_starts_later(emulator, kube):
-    sdk, core, custom = kube
-    sdk.submit(TINY_JOB)
-    emulator.pod_logs["tiny-digits-master-0"] = ["epoch 1 loss 2.1", "done"]
-    emulator.pod_logs["tiny-digits-worker-0"] = ["worker ready", "done"]
-    core.create_namespaced_pod("default", _pod("tiny-digits-master-0", "Running"))
+def test_logs_follow_reads_real_pod_logs_through_the_api_server(kube, node):
+    """Pods the real scheduler binds to the node stand-in, which runs them and serves their
+    logs on the kubelet endpoint; the SDK reads them through the API server's pods/log."""
+    kube.sdk.submit(TINY_JOB)
     lines: list[str] = []
-    follower = threading.Thread(target=lambda: lines.extend(sdk.logs("tiny-digits", follow=True)))
+    follower = threading.Thread(target=lambda: lines.extend(kube.sdk.logs(NAME, follow=True)))
     follower.start()
-    time.sleep(0.5)
-    core.create_namespaced_pod("default", _pod("tiny-digits-worker-0", "Running"))
-    core.create_namespaced_pod("default", _pod("other-job-master-0", "Running", job="other-job"))
-    time.sleep(0.5)
-    _set_conditions(custom, {"type": "Succeeded", "status": "True"})
-    follower.join(15)
+    python = sys.executable
+    pod(kube, f"{NAME}-master-0", node=None, command=[python, "-c", "print('epoch 1 loss 2.1'); print('done')"])
+    pod(kube, f"{NAME}-worker-0", node=None, command=[python, "-c", "print('worker ready'); print('done')"])
+    pod(kube, "other-job-master-0", job="other-job", node=None, command=[python, "-c", "print('not mine')"])
+    for name in (f"{NAME}-master-0", f"{NAME}-worker-0"):
+        wait_for(lambda: kube.core.read_namespaced_pod(name, kube.ns).status.phase == "Succeeded")
+    set_conditions(kube, {"type": "Succeeded", "status": "True"})
+    follower.join(60)
     assert not follower.is_alive(), "logs(follow=True) did not end after the job finished"
     assert sorted(lines) == sorted([
-        "[tiny-digits-master-0] epoch 1 loss 2.1", "[tiny-digits-master-0] done",
-        "[tiny-digits-worker-0] worker ready", "[tiny-digits-worker-0] done",
+        f"[{NAME}-master-0] epoch 1 loss 2.1", f"[{NAME}-master-0] done",
+        f"[{NAME}-worker-0] worker ready", f"[{NAME}-worker-0] done",
     ])
+    assert node.pods_run.count(f"{kube.ns}/{NAME}-master-0") == 1
 
 
-def _terminated(message, exit_code=0):
-    return {"containerStatuses": [{"name": "pytorch", "image": "graft-trainer", "imageID": "", "ready": False,
-                                   "restartCount": 0, "state": {"terminated": {
-                                       "exitCode": exit_code, "reason": "Completed" if not exit_code else "Error",
-                                       "message": message}}}]}
+def terminated(message, exit_code=0):
+    return {"phase": "Succeeded" if not exit_code else "Failed", "containerStatuses": [{
+        "name": "pytorch", "image": "graft-trainer", "imageID": "", "ready": False, "restartCount": 0,
+        "state": {"terminated": {"exitCode": exit_code, "reason": "Completed" if not exit_code else "Error",
+                                 "message": message}}}]}
 
 
-def test_get_reports_the_final_summary_rank0_left_in_its_termination_message(emulator, kube):
-    sdk, core, _ = kube
-    sdk.submit(TINY_JOB)
-    assert sdk.get("tiny-digits").metrics == {}  # no pod has finished yet
+def test_get_reports_the_final_summary_rank0_left_in_its_termination_message(kube):
+    kube.sdk.submit(TINY_JOB)
+    assert kube.sdk.get(NAME).metrics == {}  # no pod has finished yet
     summary = {"best_metric": "val_accuracy", "best_value": 0.93, "best_epoch": 2, "val_accuracy": 0.91,
                "epochs_run": 3, "model_dir": "/workspace/out/model"}
     # A worker that crashed: FallbackToLogsOnError puts its log tail, not JSON, in the message.
-    core.create_namespaced_pod("default", _pod("tiny-digits-worker-0", "Failed", status=_terminated(
-        "Traceback (most recent call last):\nRuntimeError: NCCL timeout", exit_code=1)))
-    core.create_namespaced_pod("default", _pod("other-job-master-0", "Succeeded", job="other-job",
-                                                status=_terminated('{"val_accuracy": 0.11}')))
-    assert sdk.get("tiny-digits").metrics == {}
-    core.create_namespaced_pod("default", _pod("tiny-digits-master-0", "Succeeded",
-                                               status=_terminated(json.dumps(summary))))
-    assert sdk.get("tiny-digits").metrics == summary
+    pod(kube, f"{NAME}-worker-0", status=terminated("Traceback (most recent call last):\n"
+                                                    "RuntimeError: NCCL timeout", exit_code=1))
+    pod(kube, "other-job-master-0", job="other-job", status=terminated('{"val_accuracy": 0.11}'))
+    assert kube.sdk.get(NAME).metrics == {}
+    pod(kube, f"{NAME}-master-0", status=terminated(json.dumps(summary)))
+    assert kube.sdk.get(NAME).metrics == summary
 
 
-def test_why_explains_an_unschedulable_gpu_pod_and_a_quota_refusal(emulator, kube):
-    sdk, core, _ = kube
-    sdk.submit(TINY_JOB)
-    message = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
-    core.create_namespaced_pod("default", _pod("tiny-digits-master-0", "Pending", status={
-        "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                        "message": message}]}))
-    core.create_namespaced_event("default", {
-        "metadata": {"name": "tiny-digits.quota", "namespace": "default"},
-        "involvedObject": {"kind": "PyTorchJob", "name": "tiny-digits", "namespace": "default"},
-        "type": "Warning", "reason": "FailedCreatePod",
-        "message": 'pods "tiny-digits-worker-0" is forbidden: exceeded quota: gpu-quota'})
-    text = sdk.why("tiny-digits")
-    assert "PyTorchJob default/tiny-digits is Pending" in text
-    assert message in text and "gpusPerNode" in text
+def test_why_names_the_real_schedulers_reason_and_a_quota_refusal(kube, node):
+    kube.sdk.submit(TINY_JOB)
+    # The scheduler itself decides: the only node (the stand-in) has no GPUs.
+    pod(kube, f"{NAME}-master-0", node=None, resources={"limits": {"nvidia.com/gpu": "1"}})
+    wait_for(lambda: any(c.reason == "Unschedulable" for c in
+                            kube.core.read_namespaced_pod(f"{NAME}-master-0", kube.ns).status.conditions or []))
+    # A ResourceQuota the real quota admission enforces; the training operator reports the refusal.
+    kube.core.create_namespaced_resource_quota(kube.ns, {"metadata": {"name": "gpu-quota"},
+                                                         "spec": {"hard": {"requests.nvidia.com/gpu": "0"}}})
+    wait_for(lambda: kube.core.read_namespaced_resource_quota("gpu-quota", kube.ns).status.hard)
+    with pytest.raises(ApiException) as refused:
+        pod(kube, f"{NAME}-worker-0", node=None, resources={"limits": {"nvidia.com/gpu": "1"}})
+    refusal = json.loads(refused.value.body)["message"]
+    assert refused.value.status == 403 and "exceeded quota: gpu-quota" in refusal
+    kube.core.create_namespaced_event(kube.ns, {
+        "metadata": {"name": f"{NAME}.quota"},
+        "involvedObject": {"kind": "PyTorchJob", "name": NAME, "namespace": kube.ns},
+        "type": "Warning", "reason": "FailedCreatePod", "message": refusal})
+    text = kube.sdk.why(NAME)
+    assert f"PyTorchJob {kube.ns}/{NAME} is Pending" in text
+    assert "Insufficient nvidia.com/gpu" in text and "gpusPerNode" in text
     assert "exceeded quota: gpu-quota" in text and "ResourceQuota" in text
     assert "\n" not in text
-    assert any("FailedCreatePod" in line for line in sdk.events("tiny-digits"))
+    assert any("FailedScheduling" in line for line in kube.sdk.events(NAME))
 
 
-def test_why_explains_an_image_pull_failure(emulator, kube):
-    sdk, core, _ = kube
-    sdk.submit(TINY_JOB)
-    core.create_namespaced_pod("default", _pod("tiny-digits-master-0", "Pending", status={
-        "containerStatuses": [{"name": "pytorch", "image": "graft-trainer", "imageID": "", "ready": False,
-                               "restartCount": 0, "state": {"waiting": {
-                                   "reason": "ImagePullBackOff", "message": 'Back-off pulling image "graft-trainer"'}}}]}))
-    text = sdk.why("tiny-digits")
+def test_why_explains_an_image_pull_failure(kube):
+    kube.sdk.submit(TINY_JOB)
+    pod(kube, f"{NAME}-master-0", status={"phase": "Pending", "containerStatuses": [{
+        "name": "pytorch", "image": "graft-trainer", "imageID": "", "ready": False, "restartCount": 0,
+        "state": {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "graft-trainer"'}}}]})
+    text = kube.sdk.why(NAME)
     assert "ImagePullBackOff" in text and "spec.kubernetes.image" in text
 
 
-def test_suspend_resume_and_delete_change_the_stored_objects(emulator, kube):
-    sdk, _, _ = kube
-    sdk.submit(TINY_JOB)
-    sdk.suspend("tiny-digits")
-    assert emulator.stored("kubeflow.org/v1/pytorchjobs", "tiny-digits")["spec"]["runPolicy"]["suspend"] is True
-    sdk.resume("tiny-digits")
-    assert emulator.stored("kubeflow.org/v1/pytorchjobs", "tiny-digits")["spec"]["runPolicy"]["suspend"] is False
-    sdk.delete("tiny-digits")
-    assert emulator.stored("kubeflow.org/v1/pytorchjobs", "tiny-digits") is None
-    assert emulator.stored("v1/configmaps", "tiny-digits-spec") is None
-    result = CliRunner().invoke(app, ["get", "tiny-digits"])
+def test_suspend_resume_and_delete_change_the_live_objects(kube):
+    kube.sdk.submit(TINY_JOB)
+    kube.sdk.suspend(NAME)
+    assert pytorchjob(kube)["spec"]["runPolicy"]["suspend"] is True
+    kube.sdk.resume(NAME)
+    assert pytorchjob(kube)["spec"]["runPolicy"]["suspend"] is False
+    kube.sdk.delete(NAME)
+    wait_for(lambda: pytorchjob(kube) is None)
+    with pytest.raises(ApiException):
+        kube.core.read_namespaced_config_map(f"{NAME}-spec", kube.ns)
+    result = CliRunner().invoke(app, ["get", NAME])
     assert result.exit_code == 3
