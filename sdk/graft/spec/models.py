@@ -195,7 +195,8 @@ class DomainAdaptation(Model):
 
 
 class Strategy(Model):
-    phases: list[Phase] = Field(min_length=1)
+    # Bounded so the API server can cost the CRD's CEL rules (it refuses unbounded lists).
+    phases: list[Phase] = Field(min_length=1, max_length=16)
     cache_features: Literal["auto", "always", "never"] = Field(
         default="auto",
         description="Train the head on backbone features computed once, when every phase keeps "
