@@ -30,11 +30,10 @@ from pathlib import Path
 
 from graft.fsutil import atomic_write
 from graft.spec.contracts import (
-    LOCAL_EVENTS, LOCAL_RANK_LOGS, LOCAL_SPEC, LOCAL_STATE, PEER_FAILED_EXIT_CODE, PREEMPTED_EXIT_CODE,
-    LocalState, event_line,
+    GRACE_MARGIN_SECONDS, LOCAL_EVENTS, LOCAL_RANK_LOGS, LOCAL_SPEC, LOCAL_STATE, PEER_FAILED_EXIT_CODE,
+    PREEMPTED_EXIT_CODE, LocalState, event_line,
 )
 
-STOP_GRACE_S = 10  # between SIGTERM and SIGKILL of the ranks
 # Exit codes of ranks that were stopped (by torchrun, or by a peer's failure) rather than failing.
 STOPPED_CODES = (-signal.SIGTERM, PREEMPTED_EXIT_CODE, PEER_FAILED_EXIT_CODE)
 
@@ -73,9 +72,11 @@ class Supervisor:
         os.chdir(self.state.cwd)
         if nproc > 1:
             os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default, without its warning
+        # SIGTERM to SIGKILL: the preemption checkpoint's grace and half the margin, as in a pod
+        shutdown_timeout = self.state.grace_s + GRACE_MARGIN_SECONDS // 2
         args = get_args_parser().parse_args([
             "--nnodes=1", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1", f"--master-port={port}",
-            "--max-restarts=0", f"--shutdown-timeout={STOP_GRACE_S}", "--tee=3",
+            "--max-restarts=0", f"--shutdown-timeout={shutdown_timeout}", "--tee=3",
             f"--log-dir={self.path / LOCAL_RANK_LOGS}", "--log-line-prefix-template=[rank ${rank}] ",
             "-m", "graft_trainer", str(self.path / LOCAL_SPEC),
         ])

@@ -29,13 +29,13 @@ from graft.backends.base import JobExists, JobNotFound, WaitTimeout
 from graft.fsutil import atomic_write
 from graft.spec import FineTuneJob
 from graft.spec.contracts import (
-    LOCAL_EVENTS, LOCAL_LOG, LOCAL_SPEC, LOCAL_STATE, LocalState, event_line, latest_progress,
+    GRACE_MARGIN_SECONDS, LOCAL_EVENTS, LOCAL_LOG, LOCAL_SPEC, LOCAL_STATE, LocalState, event_line,
+    latest_progress,
 )
 from graft.spec.extras import EXTRAS, MissingExtra
 from graft.types import TERMINAL_PHASES, JobRef, JobStatus, Phase
 
 LAUNCHER = "graft_trainer.launcher"
-STOP_WAIT_S = 25.0  # the launcher's SIGTERM-to-SIGKILL grace for the ranks, and some
 FOLLOW_INTERVAL_S = 0.1  # local files: a short sleep on EOF is what `tail -f` does too
 METRICS_TAIL_BYTES = 64 * 1024  # the newest progress line is near the end of the log
 
@@ -126,7 +126,8 @@ class LocalBackend:
         jobdir.spec.write_text(yaml.safe_dump(job.to_document(), sort_keys=False))
         nproc = self.nproc or job.spec.resources.world_size
         jobdir.write(LocalState(name=job.metadata.name, phase="Pending", nproc=nproc, cwd=os.getcwd(),
-                                master_port=free_port(), created=_now()))
+                                master_port=free_port(), grace_s=job.spec.checkpoint.grace_period_seconds,
+                                created=_now()))
         jobdir.event(f"Created job with {nproc} process(es)")
         self._start_supervisor(jobdir)
         return JobRef(name=job.metadata.name, backend="local", kind="processes")
@@ -200,12 +201,12 @@ class LocalBackend:
 
     def _signal_supervisor(self, name: str, sig: signal.Signals) -> None:
         """Ask the supervisor to stop its ranks (SIGTERM: for good, SIGUSR1: suspend) and wait
-        for it; if it does not go, kill its whole process group."""
+        for it, as long as a pod would be given; if it does not go, kill its process group."""
         state = self._dir(name).read()
         pid = state.supervisor_pid
         if state.phase in ("Pending", "Running") and _alive(pid):
             os.kill(pid, sig)
-            deadline = time.monotonic() + STOP_WAIT_S
+            deadline = time.monotonic() + state.grace_s + GRACE_MARGIN_SECONDS
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(FOLLOW_INTERVAL_S)
             if _alive(pid):

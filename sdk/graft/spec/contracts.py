@@ -114,6 +114,7 @@ class LocalState(BaseModel):
     nproc: int
     cwd: str
     master_port: int
+    grace_s: int  # spec.checkpoint.gracePeriodSeconds: how long a stopped rank has to checkpoint
     created: datetime
     start_time: datetime | None = None
     completion_time: datetime | None = None
