@@ -24,6 +24,7 @@ import logging
 import random
 import re
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +41,11 @@ MODEL_FILE, TRAINING_FILE, RANK_FILE = "model.safetensors", "training.pt", "rng-
 
 
 def save(root: Path, step: int, model, optimizer, scheduler, position: dict, accelerator, keep_last: int,
-         extra: dict | None = None, rank_state: dict | None = None) -> Path:
+         extra: dict | None = None, rank_state: dict | None = None, writing=nullcontext) -> Path:
     """Write a checkpoint collectively (every rank must call this); returns its directory.
     `extra` holds more state for training.pt, `rank_state` this rank's own state beside its
-    RNG streams (tensors, numbers, lists, dicts only)."""
+    RNG streams (tensors, numbers, lists, dicts only). `writing()` wraps the file writes
+    (not the waits for the other ranks): the watchdog does not count them as a stall."""
     final, tmp = root / f"step-{step}", root / f".step-{step}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -51,24 +53,32 @@ def save(root: Path, step: int, model, optimizer, scheduler, position: dict, acc
     accelerator.wait_for_everyone()
     tmp.mkdir(parents=True, exist_ok=True)  # a node that does not share the dir is refused at start
     mine = tmp / RANK_FILE.format(rank=accelerator.process_index)
-    torch.save({"rng": _rng_state(), **(rank_state or {})}, mine)
-    fsync_file(mine)
-    hashes = [(mine.name, sha256_file(mine))]
+    with writing():
+        torch.save({"rng": _rng_state(), **(rank_state or {})}, mine)
+        fsync_file(mine)
+        hashes = [(mine.name, sha256_file(mine))]
     if torch.distributed.is_initialized():
         gathered: list = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(gathered, hashes[0])
         hashes = gathered
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), str(tmp / MODEL_FILE))
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "position": position}
-        torch.save({**state, **(extra or {})}, tmp / TRAINING_FILE)
-        files = dict(hashes) | {name: sha256_file(tmp / name) for name in (MODEL_FILE, TRAINING_FILE)}
-        manifest = {"step": step, "world_size": accelerator.num_processes, "files": files}
-        atomic_write(tmp / MANIFEST_FILE, json.dumps(manifest, indent=1))
-        publish_dir(tmp, final)
+        with writing():
+            _write_main(tmp, final, step, model, optimizer, scheduler, position, accelerator, extra, hashes)
         _prune(root, keep_last)
     accelerator.wait_for_everyone()
     return final
+
+
+def _write_main(tmp: Path, final: Path, step: int, model, optimizer, scheduler, position: dict, accelerator,
+                extra: dict | None, hashes: list) -> None:
+    """Rank 0's part: the model, training state and manifest, then the rename that publishes."""
+    save_model(accelerator.unwrap_model(model), str(tmp / MODEL_FILE))
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "position": position}
+    torch.save({**state, **(extra or {})}, tmp / TRAINING_FILE)
+    files = dict(hashes) | {name: sha256_file(tmp / name) for name in (MODEL_FILE, TRAINING_FILE)}
+    manifest = {"step": step, "world_size": accelerator.num_processes, "files": files}
+    atomic_write(tmp / MANIFEST_FILE, json.dumps(manifest, indent=1))
+    publish_dir(tmp, final)
 
 
 def steps(root: Path) -> list[Path]:

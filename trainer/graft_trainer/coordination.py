@@ -219,7 +219,8 @@ class Coordinator:
             entry.record = record
             if record["beat"] != entry.beat:
                 entry.beat, entry.beat_at = record["beat"], now
-            if record["progress"] != entry.progress or record["state"] in NOT_STALLS:
+            alive = now - entry.beat_at < self.stall_timeout / 2  # a frozen rank's last state is stale
+            if record["progress"] != entry.progress or (record["state"] in NOT_STALLS and alive):
                 entry.progress, entry.progress_at = record["progress"], now
         if now - max(entry.progress_at for entry in seen.values()) < self.stall_timeout:
             return
@@ -232,10 +233,12 @@ class Coordinator:
             if not record:
                 return f"rank {rank} (no heartbeat yet)"
             how = "its process is not running" if rank in frozen else f"busy in {record['state']}"
-            return f"rank {rank} on {record['host']} (pid {record['pid']}, last step {record['step']}, {how})"
+            return f"rank {rank} on {record['host']} (pid {record['pid']}, last step seen {record['step']}, {how})"
 
+        waiting = [seen[r].record["step"] for r in seen if r not in stuck and seen[r].record]
         message = (f"training stalled: no rank made progress for {self.stall_timeout:.0f} s "
-                   f"(training.stallTimeoutSeconds); stuck: {'; '.join(who(r) for r in stuck)}")
+                   f"(training.stallTimeoutSeconds); stuck: {'; '.join(who(r) for r in stuck)}"
+                   + (f"; the other ranks wait at step {max(waiting)}" if waiting else ""))
         self._claim_failure({"attempt": self.attempt, "rank": self.rank, "host": self.host, "error": message})
         for rank in frozen:  # a frozen rank on this host would keep its launcher waiting on it
             record = seen[rank].record

@@ -245,12 +245,12 @@ class Saver:
         self.last_dir: Path | None = None
 
     def save(self, run: Run, position: Position, metrics: dict) -> Path:
-        with self.coordinator.busy(CHECKPOINTING):
-            extra = {"target": self.target.state_dict()} if self.target else {}
-            self.last_dir = checkpoint.save(
-                self.root, position.step, run.model, run.optimizer, run.scheduler, asdict(position),
-                self.accelerator, self.job.spec.checkpoint.keep_last, extra, {"sums": list(position.sums)},
-            )
+        extra = {"target": self.target.state_dict()} if self.target else {}
+        self.last_dir = checkpoint.save(
+            self.root, position.step, run.model, run.optimizer, run.scheduler, asdict(position),
+            self.accelerator, self.job.spec.checkpoint.keep_last, extra, {"sums": list(position.sums)},
+            writing=lambda: self.coordinator.busy(CHECKPOINTING),
+        )
         self.last_step = position.step
         if self.on_checkpoint:
             self.on_checkpoint(metrics, self.last_dir)
