@@ -21,6 +21,18 @@ OVERLAYS = ("standalone", "with-kubeflow", "with-kuberay")
 RELEASE, NAMESPACE = "graft", "graft-system"
 
 Manifest = dict[str, Any]
+# Labels only Helm adds (release bookkeeping); everything else must match kustomize.
+HELM_ONLY_LABELS = {"app.kubernetes.io/instance", "app.kubernetes.io/managed-by",
+                    "app.kubernetes.io/version", "helm.sh/chart"}
+
+
+def without_helm_labels(node):
+    """`node` with Helm's release labels removed wherever they stand (selectors included)."""
+    if isinstance(node, dict):
+        return {k: without_helm_labels(v) for k, v in node.items() if k not in HELM_ONLY_LABELS}
+    if isinstance(node, list):
+        return [without_helm_labels(v) for v in node]
+    return node
 
 
 def values_files() -> list[Path]:

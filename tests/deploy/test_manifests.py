@@ -10,15 +10,13 @@ import pytest
 
 from deploy_helpers import (
     OVERLAYS, REPO, VALUES_DIR, docs, kustomize, load_values, pod_specs, render_chart, strict_errors,
+    without_helm_labels,
 )
 from graft import manifests_gen
 from graft.schema_check import structural_errors
 
 BUILDS = ["manifests/base", *(f"manifests/overlays/{o}" for o in OVERLAYS)]
 EXAMPLES = ["examples/finetunejob.yaml", *(f"examples/{t}.yaml" for t in manifests_gen.EXAMPLE_TARGETS)]
-# Labels only Helm adds (release bookkeeping); everything else must match kustomize.
-HELM_ONLY_LABELS = {"app.kubernetes.io/instance", "app.kubernetes.io/managed-by",
-                    "app.kubernetes.io/version", "helm.sh/chart"}
 
 
 def test_generated_files_match_the_code_they_come_from():
@@ -64,16 +62,8 @@ def test_examples_pass_strict_schemas(example, crd_schemas):
     assert not problems, "\n".join(problems)
 
 
-def _without_helm_labels(node):
-    if isinstance(node, dict):
-        return {k: _without_helm_labels(v) for k, v in node.items() if k not in HELM_ONLY_LABELS}
-    if isinstance(node, list):
-        return [_without_helm_labels(v) for v in node]
-    return node
-
-
 def _keyed(objects):
-    return {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): _without_helm_labels(o)
+    return {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): without_helm_labels(o)
             for o in objects}
 
 
