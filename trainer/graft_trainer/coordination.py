@@ -83,6 +83,7 @@ class Coordinator:
         self.state = STARTING
         self.stop_requested_at: float | None = None  # when SIGTERM reached this rank
         self.stop_requested_step = 0  # and at which step
+        self.failing = False
         self._closed = threading.Event()
 
     # ------------------------------------------------------------------ start (collective)
@@ -160,10 +161,16 @@ class Coordinator:
         stop, bad = flags.tolist()
         return stop > 0, int(bad)
 
-    def fail(self, error: BaseException) -> None:
-        """Tell every other rank that this one failed (the first failure wins)."""
+    def fail(self, error: BaseException, *, own: bool) -> None:
+        """Tell every other rank that this one failed (the first failure wins). An error that
+        is not this rank's `own` (a collective broken because a peer exited) gives way to the
+        peer's recorded failure, which is then what this rank reports."""
+        self.failing = True  # from here the main thread reports its own error; the watchdog stays quiet
         if not self.attempt:
             return
+        peer = self._peer_failure()
+        if peer and not own:
+            self._exit(self._peer_message(peer), PEER_FAILED_EXIT_CODE)
         text = f"{type(error).__name__}: {error}".strip()
         record = {"attempt": self.attempt, "rank": self.rank, "host": self.host, "error": text}
         self._claim_failure(record)
@@ -196,16 +203,23 @@ class Coordinator:
             except OSError as exc:  # a flaky shared filesystem must not kill training by itself
                 log.warning("watchdog: %s", exc)
 
-    def _check_failure(self) -> None:
+    def _peer_failure(self) -> dict | None:
+        """The failure another rank recorded in this attempt, if any."""
         try:
             record = json.loads((self.dir / FAILURE_FILE).read_text())
         except (OSError, ValueError):
-            return
+            return None
         if record.get("attempt") != self.attempt or record.get("rank") == self.rank:
-            return
-        message = (f"rank {self.rank} stops: rank {record['rank']} on {record['host']} failed: "
-                   f"{record['error']}")
-        self._exit(message, PEER_FAILED_EXIT_CODE)
+            return None
+        return record
+
+    def _peer_message(self, record: dict) -> str:
+        return f"rank {self.rank} stops: rank {record['rank']} on {record['host']} failed: {record['error']}"
+
+    def _check_failure(self) -> None:
+        peer = None if self.failing else self._peer_failure()
+        if peer:
+            self._exit(self._peer_message(peer), PEER_FAILED_EXIT_CODE)
 
     def _check_stall(self, seen: dict[int, _Seen]) -> None:
         now = time.monotonic()

@@ -103,7 +103,7 @@ def _read_table(path: Path, data_format: str, text_field: str, label_field: str,
     files = sorted(str(p) for p in path.rglob(f"*.{data_format}")) if path.is_dir() else [str(path)]
     builder = "json" if data_format == "jsonl" else data_format
     dataset = load_dataset(builder, data_files=files, split="train")
-    return _columns(dataset, text_field, label_field, where, labels_optional)
+    return _columns(dataset, text_field, label_field, f"{where} ({path})", labels_optional)
 
 
 def _columns(dataset, input_field: str, label_field: str, where: str, labels_optional: bool = False):
@@ -134,7 +134,10 @@ def to_records(inputs: list[Any], raw_labels: list[Any], classes: list[str], whe
     index = {name: i for i, name in enumerate(classes)}
     unknown = sorted({str(v) for v in raw_labels} - index.keys())
     if unknown:
-        raise SpecError([f"{where}: labels {unknown[:5]} are not among the training classes {classes[:10]}"])
+        row = next(i for i, v in enumerate(raw_labels) if str(v) == unknown[0])
+        sample = inputs[row] if isinstance(inputs[row], (str, Path)) and len(str(inputs[row])) < 200 else f"row {row}"
+        raise SpecError([f"{where}: labels {unknown[:5]} are not among the training classes {classes[:10]} "
+                         f"(first at {sample}); relabel or remove those samples, or add the class to spec.data.train"])
     return Records(inputs, [index[str(v)] for v in raw_labels])
 
 

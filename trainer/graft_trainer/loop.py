@@ -31,7 +31,7 @@ from graft.spec import FineTuneJob, SpecError
 from graft.spec.contracts import Progress, Summary, progress_line, termination_message
 from graft_trainer import checkpoint, dann, feature_cache, strategies
 from graft_trainer.coordination import CHECKPOINTING, Coordinator, Preempted
-from graft_trainer.data import build_splits, loss_weights, over_limit
+from graft_trainer.data import BadDataError, build_splits, loss_weights, over_limit
 from graft_trainer.evaluate import evaluate, to_device
 from graft_trainer.export import export
 from graft_trainer.models import build_model, param_summary
@@ -106,8 +106,8 @@ def fit(job: FineTuneJob, hooks: Hooks | None = None) -> dict:
         summary = _fit(job, hooks, accelerator, coordinator, started)
     except Preempted:
         raise
-    except BaseException as exc:
-        coordinator.fail(exc)  # the other ranks stop now instead of waiting in a collective
+    except BaseException as exc:  # the other ranks stop now instead of waiting in a collective
+        coordinator.fail(exc, own=isinstance(exc, (SpecError, BadDataError)))
         raise
     finally:
         coordinator.close()
