@@ -86,11 +86,6 @@ class TargetDomain:
         self.train_split: SplitData | None = None  # what DANN trains on, with adaptation
         if self.config is None:
             return
-        if job.spec.strategy.backbone_always_frozen:
-            raise SpecError([
-                "spec.strategy.domainAdaptation: DANN adapts the backbone's features, so at least one "
-                "phase must unfreeze backbone blocks (unfreeze: N or 'all')"
-            ])
         width = next(m for m in model.head.modules() if isinstance(m, nn.Linear)).in_features
         self.adversary = domain_classifier(width, self.config.hidden_size).to(accelerator.device)
         self.optimizer = torch.optim.AdamW(self.adversary.parameters(), weight_decay=job.spec.training.optimizer.weight_decay)

@@ -410,8 +410,6 @@ def _streamed_splits(job: FineTuneJob, rank: int, world_size: int) -> Splits:
         from graft_trainer.streaming import build_stream
     except ImportError as exc:  # the streaming module ships separately in some images
         raise SpecError([f"spec.data.streaming: streaming support is not installed ({exc})"]) from None
-    if job.spec.data.balance != "none":
-        raise SpecError(["spec.data.balance: needs class counts, which streamed data does not have; use 'none'"])
     train = build_stream(job, "train", rank, world_size)
     validation = build_stream(job, "validation", rank, world_size)
     return Splits(train=train, validation=validation, classes=list(train.classes))

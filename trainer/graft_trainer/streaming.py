@@ -83,11 +83,6 @@ class Source:
 @lru_cache(maxsize=16)  # train and validation streams share the train location's discovery
 def discover(location: str, data_format: str, label_field: str = "label") -> Source:
     """Resolve a location (dir with index.json, index.json, brace pattern, glob, file) to shards."""
-    if data_format == "imagefolder":
-        raise SpecError([
-            "spec.data.streaming: an ImageFolder is one file per image; pack it into shards "
-            "first (`graft data pack SRC DST --shard-size 1GB`) and set format: webdataset"
-        ])
     location = resolve(location)
     if data_format == "hf-disk":
         return _discover_hf(location, label_field)

@@ -42,8 +42,13 @@ class _BlockDumper(yaml.SafeDumper):
     """Multi-line strings (the embedded spec) as `|` blocks, so manifests stay readable."""
 
 
+# Strings YAML 1.1 (kubectl, the API server's sigs.k8s.io/yaml) reads as booleans but PyYAML
+# would write bare: an env var named Y would reach the server as `true`.
+_YAML11_BOOLS = {"y", "Y", "n", "N"}
+
+
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
+    style = "|" if "\n" in value else "'" if value in _YAML11_BOOLS else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ def parse_spec(document: str | dict[str, Any], source: str | None = None) -> Fin
     try:
         return FineTuneJob.model_validate(document)
     except ValidationError as exc:
-        raise SpecError([_explain(error) for error in exc.errors()], source) from None
+        raise SpecError(_problems(exc.errors()), source) from None
 
 
 def load_spec(path: str | Path) -> FineTuneJob:
@@ -98,6 +99,26 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = "https://graft.dev/schemas/finetunejob-v1alpha1.json"
     return schema
+
+
+# What pydantic appends to a location inside a union: the member tried, not a field.
+_UNION_MEMBER = re.compile(r"^(constrained-\w+|[\w-]+\[.*\]|int|float|str|bool|none|list|dict|tuple)$")
+
+
+def _problems(errors: list[dict[str, Any]]) -> list[str]:
+    """One line per field: a union's alternatives (unfreeze: an integer or 'all') are one
+    problem at the field, not one per member at made-up sub-fields."""
+    by_field: dict[tuple, list[str]] = {}
+    for error in errors:
+        loc = tuple(p for p in error["loc"] if isinstance(p, int) or not _UNION_MEMBER.match(str(p)))
+        by_field.setdefault(loc, []).append(_explain({**error, "loc": loc}))
+    lines = []
+    for loc, explained in by_field.items():
+        prefix = (".".join(str(part) for part in loc) or "(document)") + ": "
+        messages = [line.removeprefix(prefix) for line in explained]
+        alternatives = [re.sub(r" \(got .*\)$", "", m) for m in messages[:-1]] + messages[-1:]
+        lines.append(prefix + "; or ".join(dict.fromkeys(alternatives)))
+    return lines
 
 
 def _explain(error: dict[str, Any]) -> str:

@@ -430,6 +430,20 @@ class FineTuneJobSpec(Model):
                 raise ValueError("text-classification needs an 'hf/<model dir>' backbone")
         if self.strategy.domain_adaptation and not self.data.target:
             raise ValueError("strategy.domainAdaptation needs data.target (unlabelled target data)")
+        if self.strategy.domain_adaptation and self.strategy.backbone_always_frozen:
+            raise ValueError(
+                "strategy.domainAdaptation: DANN adapts the backbone's features, so at least one "
+                "phase must unfreeze backbone blocks (unfreeze: N or 'all')"
+            )
+        if self.data.streaming and self.data.format == "imagefolder":
+            raise ValueError(
+                "data.streaming: an ImageFolder is one file per image; pack it into shards first "
+                "(`graft data pack SRC DST --shard-size 1GB`) and set data.format: webdataset"
+            )
+        if (self.data.streaming or self.data.format == "webdataset") and self.data.balance != "none":
+            raise ValueError(
+                "data.balance: needs class counts, which streamed data does not have; set 'none'"
+            )
         if self.ray.ingest == "ray-data":
             streamed = self.data.format == "webdataset" or (
                 self.data.streaming and self.data.format in {"jsonl", "csv", "parquet"})
@@ -439,8 +453,6 @@ class FineTuneJobSpec(Model):
                     "data.format webdataset (or data.streaming with jsonl/csv/parquet) and a "
                     "separate data.validation location, or use ray.ingest 'shards'"
                 )
-            if self.data.balance != "none":
-                raise ValueError("ray.ingest 'ray-data' streams without class counts: set data.balance 'none'")
         if self.strategy.cache_features == "always" and not self.can_cache_features:
             raise ValueError(
                 "strategy.cacheFeatures 'always' needs every phase to keep the backbone frozen "
