@@ -6,6 +6,7 @@
 # so a warm machine pays nothing and a fresh one pays once.
 #
 #   tests/controlplane/build.sh     # builds what is missing; prints NAME=PATH per binary
+#   GRAFT_CONTROLLERS="training-operator kuberay trainer" tests/controlplane/build.sh   # + controllers
 #
 # GRAFT_CONTROLPLANE_CACHE overrides the cache root (default ~/.cache/graft-controlplane).
 set -euo pipefail
@@ -53,10 +54,37 @@ build etcd "$ETCD_VERSION" "" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/etcdctl/
 [ -x "$root/etcd-$ETCD_VERSION/server" ] && mv "$root/etcd-$ETCD_VERSION/server" "$root/etcd-$ETCD_VERSION/etcd"
 build helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm.sh/helm/v3/cmd/helm
 
+# Controllers: only those a run names (GRAFT_CONTROLLERS, space-separated: training-operator,
+# kuberay, trainer; tests/controlplane/controllers.py names what its test asks for).
+wanted="${GRAFT_CONTROLLERS-}"
+controllers=""
+want() { case " $wanted " in *" $1 "*) return 0;; esac; return 1; }
+if want training-operator; then
+  build training-operator "$TRAINING_OPERATOR_VERSION" "" \
+    github.com/kubeflow/training-operator/cmd/training-operator.v1
+  controllers+=" training-operator:training-operator-$TRAINING_OPERATOR_VERSION/training-operator.v1"
+fi
+if want kuberay; then
+  build kuberay "$KUBERAY_VERSION" "" github.com/ray-project/kuberay/ray-operator
+  controllers+=" kuberay:kuberay-$KUBERAY_VERSION/ray-operator"
+fi
+if want trainer; then
+  # One build of both: the Trainer controller manager and the JobSet controller it needs.
+  build trainer "$TRAINER_VERSION-jobset-$JOBSET_VERSION" "" \
+    github.com/kubeflow/trainer/v2/cmd/trainer-controller-manager sigs.k8s.io/jobset
+  controllers+=" trainer:trainer-$TRAINER_VERSION-jobset-$JOBSET_VERSION/trainer-controller-manager"
+  controllers+=" jobset:trainer-$TRAINER_VERSION-jobset-$JOBSET_VERSION/jobset"
+fi
+
 for entry in kube-apiserver:kubernetes-$KUBERNETES_VERSION kube-controller-manager:kubernetes-$KUBERNETES_VERSION \
              kube-scheduler:kubernetes-$KUBERNETES_VERSION etcd:etcd-$ETCD_VERSION etcdctl:etcd-$ETCD_VERSION \
              helm:helm-$HELM_VERSION; do
   name="${entry%%:*}" path="$root/${entry#*:}/${entry%%:*}"
+  [ -x "$path" ] || { step "FAILED: $path missing after the build"; exit 1; }
+  echo "$name=$path"
+done
+for entry in $controllers; do
+  name="${entry%%:*}" path="$root/${entry#*:}"
   [ -x "$path" ] || { step "FAILED: $path missing after the build"; exit 1; }
   echo "$name=$path"
 done
