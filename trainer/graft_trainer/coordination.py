@@ -85,6 +85,7 @@ class Coordinator:
         self.stop_requested_step = 0  # and at which step
         self.failing = False
         self._closed = threading.Event()
+        self._previous_handler = None
 
     # ------------------------------------------------------------------ start (collective)
 
@@ -116,12 +117,15 @@ class Coordinator:
                     "ReadWriteMany persistentVolumeClaim) or point checkpoint.dir at shared storage"
                 ])
         if threading.current_thread() is threading.main_thread():  # Ray Train runs the loop in a thread
-            signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         self._beat(0)
         threading.Thread(target=self._watch, name="graft-watchdog", daemon=True).start()
 
     def close(self) -> None:
+        """Stop the watchdog and give SIGTERM back (fit may run again in this process)."""
         self._closed.set()
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
 
     # ------------------------------------------------------------------ main-thread API
 

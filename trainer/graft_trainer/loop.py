@@ -49,7 +49,7 @@ class Hooks:
 
     `on_epoch_end(record, checkpoint_dir)` sees each epoch's metrics.jsonl record.
     `on_checkpoint(metrics, checkpoint_dir)` runs after every checkpoint, mid-epoch
-    (checkpoint.everySteps) and end of epoch alike, with the latest metrics known: `step`,
+    (checkpoint.everySteps), end of epoch and on preemption alike, with the latest metrics known: `step`,
     `epoch`, `phase`, `train_loss`/`train_accuracy` (running over the epoch so far when
     mid-epoch, which adds `batch`), `lr`, and the last validation's `val_*` (absent before the
     first validation).

@@ -128,6 +128,10 @@ class RayDataSplit:
         return self.stream.classes
 
     @property
+    def bad(self) -> dict[str, str]:
+        return self.stream.bad
+
+    @property
     def batches_per_epoch(self) -> int:
         rows = self.stream.num_samples // self.world_size
         return -(-rows // self.stream.batch_size)
