@@ -4,7 +4,6 @@ this machine may lack (kind/Docker, a GPU)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
@@ -76,43 +75,11 @@ def crds_dir() -> Path:
     return SHARED_CRDS
 
 
-GRAFT_CRDS = sorted((REPO / "charts" / "graft" / "crds").glob("*.yaml"))
-UPSTREAM_CRDS = ("kubeflow.org_pytorchjobs.yaml", "ray.io_rayjobs.yaml", "ray.io_rayclusters.yaml",
-                 "trainer.kubeflow.org_trainjobs.yaml", "trainer.kubeflow.org_clustertrainingruntimes.yaml")
-
-
-@contextlib.contextmanager
-def running_control_plane(workdir: Path, crds_dir: Path):
-    """etcd, kube-apiserver, kube-controller-manager and kube-scheduler on loopback, built by
-    tests/controlplane/build.sh, with Graft's CRDs and the real upstream CRDs installed. A
-    failure to build or start fails the tests that need it, with the step and its log tail."""
-    import yaml
-
-    from controlplane.cluster import ControlPlane, ControlPlaneError
-
-    plane = ControlPlane(workdir)
-    try:
-        plane.start()
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        crds = [doc for path in GRAFT_CRDS for doc in yaml.load_all(path.read_text(), Loader=loader) if doc]
-        crds += [yaml.load((crds_dir / name).read_text(), Loader=loader) for name in UPSTREAM_CRDS]
-        plane.install_crds(crds)
-    except ControlPlaneError as exc:
-        plane.stop()
-        pytest.fail(str(exc), pytrace=False)
-    except BaseException:
-        plane.stop()
-        raise
-    print(f"control plane up: build {plane.timings['build_s']:.1f} s, start {plane.timings['start_s']:.1f} s")
-    try:
-        yield plane
-    finally:
-        plane.stop()
-
-
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory, crds_dir):
     """The session's control plane, shared by every test that talks to Kubernetes."""
+    from controlplane.cluster import running_control_plane
+
     with running_control_plane(tmp_path_factory.mktemp("controlplane"), crds_dir) as plane:
         yield plane
 

@@ -1,6 +1,6 @@
 """What the packaging layer produces, computed once per session with the real engines: the Helm
 chart rendered by the Helm v4 engine (helm-python-sdk) and the kustomize overlays built by
-kubectl's kustomize, plus the strict check routing each kind to its schema."""
+kubectl's kustomize."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from typing import Any
 
 import yaml
 
-from graft.schema_check import CrdSchemas, core_errors
 from tools import venv_tool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,13 +72,6 @@ def _kustomize_text(path: str) -> str:
 
 def kustomize(relative: str) -> list[Manifest]:
     return docs(_kustomize_text(str(REPO / relative)))
-
-
-def strict_errors(obj: Manifest, crds: CrdSchemas) -> list[str]:
-    """Custom resources against their CRD, core kinds against the Kubernetes 1.30 OpenAPI."""
-    if crds.knows(obj):
-        return crds.errors(obj)
-    return core_errors(obj, "1.30.0")
 
 
 def pod_specs(node: Any, path: str = "") -> list[tuple[str, Manifest]]:
