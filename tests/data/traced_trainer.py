@@ -34,8 +34,8 @@ def traced_decode(self, record):
     return decode(self, record)
 
 
-def crashing_save(root, step, model, optimizer, scheduler, position, *args):
-    saved = save(root, step, model, optimizer, scheduler, position, *args)
+def crashing_save(root, step, model, optimizer, scheduler, position, *args, **kwargs):
+    saved = save(root, step, model, optimizer, scheduler, position, *args, **kwargs)
     if os.environ.get("CRASH_AFTER_CHECKPOINT") and position["batch"] > 0:
         os._exit(17)
     return saved

@@ -123,7 +123,7 @@ def logs(spec: Path) -> str:
 
 
 def final_weights(checkpoints: Path) -> dict[str, torch.Tensor]:
-    return load_file(checkpoint.latest(checkpoints) / "model.safetensors")
+    return load_file(checkpoint.steps(checkpoints)[0] / "model.safetensors")
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:

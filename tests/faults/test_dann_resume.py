@@ -48,7 +48,7 @@ def test_dann_killed_mid_epoch_resumes_bit_identical(tmp_path):
     assert "resuming from" in (interrupted / "rank-0.log").read_text()
 
     assert_same_weights(final_weights(straight / "out" / "checkpoints"), final_weights(checkpoints))
-    adversaries = [checkpoint.read(checkpoint.latest(d / "out" / "checkpoints"))["target"] for d in (straight, interrupted)]
+    adversaries = [checkpoint.read(checkpoint.steps(d / "out" / "checkpoints")[0])["target"] for d in (straight, interrupted)]
     assert adversaries[0]["position"] == adversaries[1]["position"]
     assert all(torch.equal(adversaries[0]["adversary"][k], adversaries[1]["adversary"][k]) for k in adversaries[0]["adversary"])
     assert history(straight / "out") == history(interrupted / "out")  # target accuracy and λ included

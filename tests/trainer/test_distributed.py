@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from graft.operator.status import from_progress, parse_progress_line
-from graft_trainer.checkpoint import latest
+from graft_trainer.checkpoint import steps
 from graft_trainer.data import build_splits
 from trainer_jobs import PYTHON, REPO, digits_doc, job_of, trainer_env, write_spec
 
@@ -90,8 +90,8 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout
 
-    final_a = load_file(latest(straight / "out" / "checkpoints") / "model.safetensors")
-    final_b = load_file(latest(checkpoints) / "model.safetensors")
+    final_a = load_file(steps(straight / "out" / "checkpoints")[0] / "model.safetensors")
+    final_b = load_file(steps(checkpoints)[0] / "model.safetensors")
     assert final_a.keys() == final_b.keys()
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a), "resumed weights differ"
     metrics = lambda d: (d / "out" / "metrics.jsonl").read_text().splitlines()

@@ -89,12 +89,6 @@ def steps(root: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def latest(root: Path) -> Path | None:
-    """The newest checkpoint directory under `root` (unverified; see `choose`)."""
-    found = steps(root)
-    return found[0] if found else None
-
-
 def problem(directory: Path) -> str | None:
     """Why `directory` cannot be resumed from (naming the bad file), or None when every file
     matches its manifest."""

@@ -101,18 +101,15 @@ class Coordinator:
             box = [self.attempt]
             torch.distributed.broadcast_object_list(box, src=0)
             self.attempt = box[0]
-            try:
-                seen = (self.dir / SHARED_CHECK_FILE).read_text()
-            except OSError:
-                seen = ""
             views: list = [None] * self.world
-            torch.distributed.all_gather_object(views, (self.rank, self.host, seen == self.attempt))
+            torch.distributed.all_gather_object(views, (self.rank, self.host, self._sees(self.attempt)))
             blind = [(rank, host) for rank, host, ok in views if not ok]
             if blind:
-                ranks = ", ".join(f"rank {rank} on {host}" for rank, host in blind)
+                ranks = ", ".join(f"rank {rank} on {host}" for rank, host in blind[:8])
+                ranks += f" and {len(blind) - 8} more ranks" if len(blind) > 8 else ""
                 raise SpecError([
                     f"{where}: '{self.dir.parent}' is not shared by every node: {ranks} cannot see what "
-                    f"rank 0 on {self.host} wrote there, so the ranks would resume from different checkpoints; "
+                    f"rank 0 on {views[0][1]} wrote there, so the ranks would resume from different checkpoints; "
                     "mount one shared volume there on every node (spec.kubernetes.volumes, e.g. a "
                     "ReadWriteMany persistentVolumeClaim) or point checkpoint.dir at shared storage"
                 ])
@@ -120,6 +117,20 @@ class Coordinator:
             self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         self._beat(0)
         threading.Thread(target=self._watch, name="graft-watchdog", daemon=True).start()
+
+    def _sees(self, nonce: str, patience_s: float = 5.0) -> bool:
+        """Whether this rank reads rank 0's nonce; re-read for a few seconds, as a network
+        filesystem may serve a cached directory listing for a moment after the rename."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                if (self.dir / SHARED_CHECK_FILE).read_text() == nonce:
+                    return True
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.25)
 
     def close(self) -> None:
         """Stop the watchdog and give SIGTERM back (fit may run again in this process)."""
