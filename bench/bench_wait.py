@@ -1,12 +1,13 @@
-"""API calls made while waiting for a job: `graft wait` (watch) vs a naive polling wait.
+"""API calls made while waiting for a job: `graft wait` (watch) vs a naive polling wait, on the
+real control plane (tests/controlplane).
 
-Runs against the kmock Kubernetes API *emulator* on loopback (tests/kube_emulator.py); a thread
-plays the training operator, updating the PyTorchJob status every 0.5 s (Created, Running,
-progress) and marking it Succeeded after --job-seconds. Both waits run alternately on the same
-scenario. Counted: every request the emulator received from the waiter (GET = FETCH, LIST or
-WATCH), and how long after the Succeeded write each waiter returned.
+A thread plays the training operator, writing the PyTorchJob's status through its status
+subresource every 0.5 s (Created, Running, progress) and marking it Succeeded after
+--job-seconds. Both waits run alternately on the same scenario, each as user graft-sdk; the
+API server's audit log counts every request the waiter made (get = polling, list, watch), and
+the latency is from the Succeeded write to the waiter returning.
 
-    .venv/bin/python bench/bench_wait.py [--job-seconds 6] [--interval 2] [--rounds 2]
+    .venv/bin/python bench/bench_wait.py [--job-seconds 6] [--interval 2] [--rounds 3]
 
 The baseline polls `get` every --interval seconds (the Kubeflow SDK's wait_for_job_status
 default is 2 s), which is what a client without watch does.
@@ -25,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from kube_emulator import Emulator  # noqa: E402
+from controlplane.cluster import start_with_crds  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 
 from graft.api import Client  # noqa: E402
@@ -36,10 +37,9 @@ JOB = {
              "data": {"format": "imagefolder", "train": "/data/train"},
              "strategy": {"phases": [{"epochs": 1, "lr": 0.001}]}},
 }
-PYTORCHJOBS = ("kubeflow.org", "v1", "default", "pytorchjobs")
 
 
-def play_operator(custom, job_seconds: float, finished: dict) -> None:
+def play_operator(custom, namespace: str, job_seconds: float, finished: dict) -> None:
     """Status churn as the training operator writes it, then Succeeded."""
     start = time.monotonic()
     conditions = [{"type": "Created", "status": "True"}]
@@ -48,73 +48,73 @@ def play_operator(custom, job_seconds: float, finished: dict) -> None:
         time.sleep(0.5)
         step += 1
         running = {"type": "Running", "status": "True", "message": f"step {step}"}
-        custom.patch_namespaced_custom_object(*PYTORCHJOBS, "bench", {"status": {"conditions": conditions + [running]}})
+        custom.patch_namespaced_custom_object_status("kubeflow.org", "v1", namespace, "pytorchjobs", "bench",
+                                                     {"status": {"conditions": conditions + [running]}})
     done = {"type": "Succeeded", "status": "True", "message": "PyTorchJob bench is successfully completed."}
     finished["at"] = time.monotonic()
-    custom.patch_namespaced_custom_object(*PYTORCHJOBS, "bench", {"status": {"conditions": conditions + [done]}})
+    custom.patch_namespaced_custom_object_status("kubeflow.org", "v1", namespace, "pytorchjobs", "bench",
+                                                 {"status": {"conditions": conditions + [done]}})
 
 
-def polling_wait(custom, interval: float) -> None:
+def polling_wait(custom, namespace: str, interval: float) -> None:
     while True:
-        obj = custom.get_namespaced_custom_object(*PYTORCHJOBS, "bench")
+        obj = custom.get_namespaced_custom_object("kubeflow.org", "v1", namespace, "pytorchjobs", "bench")
         types = {c["type"] for c in (obj.get("status") or {}).get("conditions", []) if c["status"] == "True"}
         if types & {"Succeeded", "Failed"}:
             return
         time.sleep(interval)
 
 
-def one_round(kind: str, args, kubeconfig: Path) -> dict:
-    with Emulator() as emulator:
-        emulator.write_kubeconfig(kubeconfig)
-        sdk = Client("kubernetes", kubeconfig=str(kubeconfig))
-        sdk.submit(JOB)
-        sdk.get("bench")  # resolves the job's kind once, outside the measured wait
-        operator_api = client.CustomObjectsApi(config.new_client_from_config(str(kubeconfig)))
-        waiter_api = client.CustomObjectsApi(config.new_client_from_config(str(kubeconfig)))
-        finished: dict = {}
-        before = len(emulator.requests())
-        operator = threading.Thread(target=play_operator, args=(operator_api, args.job_seconds, finished))
-        operator.start()
-        if kind == "watch":
-            status = sdk.wait("bench", timeout=args.job_seconds + 30)
-            assert status.phase == "Succeeded"
-        else:
-            polling_wait(waiter_api, args.interval)
-        returned = time.monotonic()
-        operator.join()
-        made = [r for r in emulator.requests()[before:] if r.method.name == "GET"]
-        return {
-            "gets": len(made),
-            "polling_gets": sum(r.action.name == "FETCH" for r in made),
-            "lists": sum(r.action.name == "LIST" for r in made),
-            "watches": sum(r.action.name == "WATCH" for r in made),
-            "latency_s": returned - finished["at"],
-        }
+def one_round(plane, kind: str, index: int, args, workdir: Path) -> dict:
+    namespace = f"bench-{kind}-{index}"
+    plane.kubectl("create", "namespace", namespace)
+    sdk_config = plane.user_kubeconfig("graft-sdk", namespace, workdir / f"{namespace}.kubeconfig")
+    sdk = Client("kubernetes", kubeconfig=str(sdk_config))
+    sdk.submit(JOB)
+    sdk.get("bench")  # resolves the job's kind once, outside the measured wait
+    operator_api = client.CustomObjectsApi(config.new_client_from_config(str(plane.kubeconfig)))
+    waiter_api = client.CustomObjectsApi(config.new_client_from_config(str(sdk_config)))
+    finished: dict = {}
+    before = len(plane.requests_by("graft-sdk"))
+    operator = threading.Thread(target=play_operator, args=(operator_api, namespace, args.job_seconds, finished))
+    operator.start()
+    if kind == "watch":
+        assert sdk.wait("bench", timeout=args.job_seconds + 30).phase == "Succeeded"
+    else:
+        polling_wait(waiter_api, namespace, args.interval)
+    returned = time.monotonic()
+    operator.join()
+    made = [e["verb"] for e in plane.requests_by("graft-sdk")[before:]]
+    return {"requests": len(made), "polling_gets": made.count("get"), "lists": made.count("list"),
+            "watches": made.count("watch"), "latency_s": returned - finished["at"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--job-seconds", type=float, default=6.0)
     parser.add_argument("--interval", type=float, default=2.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     results: dict[str, list[dict]] = {"watch": [], "polling": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.rounds):
-            for kind in ("watch", "polling"):  # alternate, so load drift hits both alike
-                results[kind].append(one_round(kind, args, Path(tmp) / "kubeconfig"))
-    print(f"job runs {args.job_seconds:.0f} s with a status write every 0.5 s; "
+        plane = start_with_crds(Path(tmp) / "plane", REPO.parent / "shared" / "crds")
+        try:
+            for index in range(args.rounds):
+                for kind in ("watch", "polling"):  # alternate, so load drift hits both alike
+                    results[kind].append(one_round(plane, kind, index, args, Path(tmp)))
+        finally:
+            plane.stop()
+    print(f"real kube-apiserver; job runs {args.job_seconds:.0f} s with a status write every 0.5 s; "
           f"baseline polls every {args.interval:g} s; {args.rounds} rounds each")
-    print(f"{'wait':<10}{'GETs':>6}{'polling GETs':>14}{'LISTs':>7}{'WATCHes':>9}{'latency s':>11}")
+    print(f"{'wait':<10}{'requests':>9}{'polling GETs':>14}{'LISTs':>7}{'WATCHes':>9}{'latency s':>11}")
     summary = {}
     for kind, rounds in results.items():
         mean = {k: statistics.mean(r[k] for r in rounds) for k in rounds[0]}
         summary[kind] = mean
-        print(f"{kind:<10}{mean['gets']:>6.1f}{mean['polling_gets']:>14.1f}{mean['lists']:>7.1f}"
+        print(f"{kind:<10}{mean['requests']:>9.1f}{mean['polling_gets']:>14.1f}{mean['lists']:>7.1f}"
               f"{mean['watches']:>9.1f}{mean['latency_s']:>11.3f}")
-    print(f"ratio watch/polling: GETs {summary['watch']['gets'] / summary['polling']['gets']:.2f}, "
-          f"polling GETs {summary['watch']['polling_gets']:.0f} vs {summary['polling']['polling_gets']:.1f}, "
-          f"latency {summary['watch']['latency_s'] / summary['polling']['latency_s']:.2f}")
+    print(f"ratio watch/polling: requests {summary['watch']['requests'] / summary['polling']['requests']:.2f}, "
+          f"latency {summary['watch']['latency_s'] / summary['polling']['latency_s']:.3f}")
 
 
 if __name__ == "__main__":

@@ -426,13 +426,9 @@ UPSTREAM_CRDS = ("kubeflow.org_pytorchjobs.yaml", "ray.io_rayjobs.yaml", "ray.io
                  "trainer.kubeflow.org_trainjobs.yaml", "trainer.kubeflow.org_clustertrainingruntimes.yaml")
 
 
-@contextlib.contextmanager
-def running_control_plane(workdir: Path, crds_dir: Path):
-    """etcd, kube-apiserver, kube-controller-manager and kube-scheduler on loopback, built by
-    tests/controlplane/build.sh, with Graft's CRDs and the real upstream CRDs installed. A
-    failure to build or start fails the tests that need it, with the step and its log tail."""
-    import pytest
-
+def start_with_crds(workdir: Path, crds_dir: Path) -> ControlPlane:
+    """A started control plane with Graft's CRDs and the real upstream CRDs installed (for
+    benchmarks and fixtures alike); stopped again if any step fails."""
     plane = ControlPlane(workdir)
     try:
         plane.start()
@@ -440,12 +436,22 @@ def running_control_plane(workdir: Path, crds_dir: Path):
         crds = [doc for path in GRAFT_CRDS for doc in yaml.load_all(path.read_text(), Loader=loader) if doc]
         crds += [yaml.load((crds_dir / name).read_text(), Loader=loader) for name in UPSTREAM_CRDS]
         plane.install_crds(crds)
-    except ControlPlaneError as exc:
-        plane.stop()
-        pytest.fail(str(exc), pytrace=False)
     except BaseException:
         plane.stop()
         raise
+    return plane
+
+
+@contextlib.contextmanager
+def running_control_plane(workdir: Path, crds_dir: Path):
+    """start_with_crds for a fixture: a failure to build or start fails the tests that need it,
+    naming the step with its log tail (never a skip)."""
+    import pytest
+
+    try:
+        plane = start_with_crds(workdir, crds_dir)
+    except ControlPlaneError as exc:
+        pytest.fail(str(exc), pytrace=False)
     print(f"control plane up: build {plane.timings['build_s']:.1f} s, start {plane.timings['start_s']:.1f} s")
     try:
         yield plane

@@ -1,6 +1,5 @@
-"""Fixtures for the SDK tests: a tiny real spec, an isolated GRAFT_HOME, and the kmock
-Kubernetes API *emulator* (not an API server) served on loopback from a background thread,
-so the synchronous kubernetes client and CLI subprocesses can talk to it."""
+"""Fixtures for the SDK tests: a tiny real spec and an isolated GRAFT_HOME (the Kubernetes
+tests use the real control plane from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kube_emulator import Emulator
 from sdk_specs import TINY_JOB, write_spec
 
 
@@ -27,16 +25,3 @@ def graft_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("GRAFT_HOME", str(home))
     monkeypatch.setenv("GRAFT_CACHE", str(tmp_path / "cache"))
     return home
-
-
-@pytest.fixture
-def emulator():
-    with Emulator() as running:
-        yield running
-
-
-@pytest.fixture
-def kubeconfig(emulator, tmp_path, monkeypatch) -> Path:
-    path = emulator.write_kubeconfig(tmp_path / "kubeconfig")
-    monkeypatch.setenv("KUBECONFIG", str(path))
-    return path
