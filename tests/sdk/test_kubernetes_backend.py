@@ -121,6 +121,25 @@ def test_wait_is_woken_by_the_watch_and_makes_no_polling_gets(kube):
     assert sdk_requests(kube, before) == [("list", "pytorchjobs"), ("watch", "pytorchjobs")]
 
 
+def test_wait_resumes_each_ended_watch_from_its_resource_version(kube, monkeypatch):
+    """The server ends every watch after its timeout; the SDK reopens it from the last
+    resourceVersion it saw (no relist, no missed transition)."""
+    monkeypatch.setattr("graft.backends.kubernetes.WATCH_SERVER_TIMEOUT_S", 1)
+    kube.sdk.submit(TINY_JOB)
+    before = len(sdk_requests(kube))
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(status=kube.sdk.wait(NAME, timeout=60)))
+    thread.start()
+    wait_for(lambda: sdk_requests(kube, before).count(("watch", "pytorchjobs")) >= 3)
+    set_conditions(kube, {"type": "Succeeded", "status": "True", "message": "done"})
+    thread.join(60)
+    assert result["status"].phase == "Succeeded"
+    watches = [e for e in kube.plane.requests_by("graft-sdk")
+               if e["verb"] == "watch" and e["objectRef"].get("namespace") == kube.ns]
+    assert sdk_requests(kube, before).count(("list", "pytorchjobs")) == 1
+    assert all("resourceVersion=" in e["requestURI"] for e in watches)
+
+
 def test_cli_wait_exits_4_when_the_job_fails(kube):
     kube.sdk.submit(TINY_JOB)
     set_conditions(kube, {"type": "Failed", "status": "True", "message": "Master replica failed"})
