@@ -22,7 +22,7 @@ import yaml
 from kubernetes import client, config
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "operator")]
+sys.path.insert(0, str(REPO / "tests"))
 
 from controlplane.cluster import start_with_crds  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402

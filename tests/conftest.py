@@ -106,3 +106,45 @@ def node(control_plane, tmp_path_factory):
     with NodeStandIn(api, tmp_path_factory.mktemp("node"), control_plane.certs["serving.crt"],
                      control_plane.certs["serving.key"]) as running:
         yield running
+
+
+# Graft's operator for every layer that needs one (tests/operator, tests/sdk): the chart
+# installed by the real helm, the operator as a real process with that ServiceAccount's token.
+CHART = REPO / "charts" / "graft"
+RELEASE, RELEASE_NAMESPACE = "graft", "graft-system"
+OPERATOR_ACCOUNT = f"{RELEASE}-operator"
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(control_plane, tmp_path_factory) -> Path:
+    """`helm install` of the chart (the Deployment never runs: no kubelet), then a kubeconfig
+    holding a real token of the operator's ServiceAccount."""
+    control_plane.helm("install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, "--create-namespace",
+                       "--set", "tests.enabled=false")
+    return control_plane.service_account_kubeconfig(
+        RELEASE_NAMESPACE, OPERATOR_ACCOUNT, tmp_path_factory.mktemp("operator-sa") / "kubeconfig")
+
+
+@pytest.fixture(scope="session")
+def operator_user() -> str:
+    """The operator's identity as the API server names it (audit log, `kubectl --as`)."""
+    return f"system:serviceaccount:{RELEASE_NAMESPACE}:{OPERATOR_ACCOUNT}"
+
+
+@pytest.fixture(scope="session")
+def kube_api(control_plane):
+    """An admin client: the test's own hands (the user's kubectl, the training operator)."""
+    from kubernetes import config
+
+    return config.new_client_from_config(str(control_plane.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def operator(operator_kubeconfig, tmp_path_factory):
+    """`python -m graft.operator --standalone` as the chart's ServiceAccount (log kept)."""
+    from operator_process import OperatorProcess
+
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    with OperatorProcess(operator_kubeconfig, log) as running:
+        yield running
+    print(log.read_text()[-5000:])

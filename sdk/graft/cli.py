@@ -66,6 +66,9 @@ class RunBackend(str, Enum):
 SpecPath = Annotated[Path, typer.Argument(help="FineTuneJob YAML file.", show_default=False)]
 JobName = Annotated[str, typer.Argument(help="metadata.name of the job.", show_default=False)]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+Direct = Annotated[bool, typer.Option(
+    "--direct", help="On Kubernetes, create the child job (PyTorchJob, TrainJob, RayJob) itself instead of a "
+    "FineTuneJob: for clusters without Graft's operator.")]
 # The options every command that drives a job shares; `_job_command` adds them.
 JOB_OPTIONS = [
     inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default=BackendName.kubernetes,
@@ -126,10 +129,10 @@ def _job_command(fn: Callable) -> Callable:
     return command
 
 
-def _client(backend: BackendName, namespace: str | None = None, context: str | None = None):
+def _client(backend: BackendName, namespace: str | None = None, context: str | None = None, **kubernetes: Any):
     from graft.api import Client
 
-    opts = {"namespace": namespace, "context": context} if backend is BackendName.kubernetes else {}
+    opts = {"namespace": namespace, "context": context, **kubernetes} if backend is BackendName.kubernetes else {}
     return Client(backend.value, **{k: v for k, v in opts.items() if v is not None})
 
 
@@ -270,11 +273,14 @@ def _finish(status) -> None:
 
 @app.command()
 @_job_command
-def submit(connect, spec: SpecPath) -> None:
-    """Validate, then create the job (ConfigMap + PyTorchJob/TrainJob/RayJob on Kubernetes)."""
+def submit(connect, spec: SpecPath, direct: Direct = False) -> None:
+    """Validate, then create the job: a FineTuneJob that Graft's operator runs, where the
+    cluster serves the CRD; else (or with --direct) the PyTorchJob/TrainJob/RayJob itself."""
     job = _load(spec)
-    ref = connect().submit(job)
+    ref = connect(**({"direct": True} if direct else {})).submit(job)
     _say(f"submitted {ref.kind or 'job'} {ref.namespace + '/' if ref.namespace else ''}{ref.name}")
+    if ref.note:
+        err.print(f"note: {ref.note}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -17,7 +17,9 @@ class JobRef(BaseModel):
     name: str
     backend: Literal["local", "kubernetes", "ray"]
     namespace: str | None = None
-    kind: str | None = Field(default=None, description="Child object kind, e.g. PyTorchJob.")
+    kind: str | None = Field(default=None, description="The object that is the job: FineTuneJob, or the "
+                             "child kind (e.g. PyTorchJob) when it was created directly.")
+    note: str | None = Field(default=None, description="Something the submitter should know, for a person.")
 
 
 class JobStatus(BaseModel):

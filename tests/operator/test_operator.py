@@ -25,12 +25,9 @@ from graft.render import render
 from graft.spec import parse_spec
 from tools import wait_for
 
-from conftest import OPERATOR_ACCOUNT, RELEASE_NAMESPACE
-
 pytestmark = pytest.mark.controlplane
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "finetunejob.yaml"
-OPERATOR_USER = f"system:serviceaccount:{RELEASE_NAMESPACE}:{OPERATOR_ACCOUNT}"
 
 
 @pytest.fixture
@@ -99,7 +96,8 @@ def test_create_makes_configmap_and_child_owned_by_the_job(kube):
     assert ("Normal", "Created", "created ConfigMap create-demo-spec and PyTorchJob create-demo") in events(kube, "create-demo")
 
 
-def test_kubectl_apply_of_the_example_is_validated_by_the_server_and_makes_its_child(control_plane, kube_api, operator):
+def test_kubectl_apply_of_the_example_is_validated_by_the_server_and_makes_its_child(control_plane, kube_api, operator,
+                                                                                     operator_user):
     """What a user types, verbatim: the file as it is in examples/, applied with kubectl's
     default (strict, server-side) validation; then `kubectl get ftj` as a person reads it."""
     kube = SimpleNamespace(custom=client.CustomObjectsApi(kube_api), core=client.CoreV1Api(kube_api), ns="default")
@@ -120,7 +118,7 @@ def test_kubectl_apply_of_the_example_is_validated_by_the_server_and_makes_its_c
     assert shown["status"]["child"]["kind"] == "PyTorchJob"
     # The status was written by the operator's account, through the status subresource (its
     # other patches of the object are kopf's bookkeeping annotations).
-    writes = [e for e in control_plane.audit_events() if e["user"]["username"] == OPERATOR_USER
+    writes = [e for e in control_plane.audit_events() if e["user"]["username"] == operator_user
               and (e.get("objectRef") or {}).get("name") == "digits-transfer"
               and (e.get("objectRef") or {}).get("resource") == "finetunejobs" and e["verb"] == "patch"]
     assert any(e["objectRef"].get("subresource") == "status" and e["responseStatus"]["code"] == 200
@@ -147,9 +145,9 @@ def test_the_api_server_refuses_an_invalid_finetunejob_naming_the_field(control_
     assert control_plane.kubectl("get", "ftj", "-n", namespace, "-o", "name").stdout == ""
 
 
-def test_the_operator_account_cannot_do_what_it_has_no_business_doing(control_plane):
+def test_the_operator_account_cannot_do_what_it_has_no_business_doing(control_plane, operator_user):
     def can(*args: str) -> bool:
-        result = control_plane.kubectl("auth", "can-i", *args, f"--as={OPERATOR_USER}", check=False)
+        result = control_plane.kubectl("auth", "can-i", *args, f"--as={operator_user}", check=False)
         return result.stdout.strip() == "yes"
 
     assert can("create", "pytorchjobs.kubeflow.org", "-n", "default")

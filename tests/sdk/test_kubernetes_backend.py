@@ -1,9 +1,12 @@
 """The Kubernetes backend against the real control plane (tests/controlplane): real watches and
-resourceVersions, server-side validation against the real PyTorchJob CRD, the real scheduler.
-No training operator runs here (tests/controllers runs it), so the test writes the PyTorchJob's
-status through its status subresource the way the training operator does, and creates pods as
-it would. Each test has its own namespace; the SDK talks as user `graft-sdk`, the test as
-`graft-admin`, so the API server's audit log shows exactly which requests the SDK made."""
+resourceVersions, server-side validation against the real CRDs, the real scheduler. The cluster
+serves the FineTuneJob CRD and Graft's operator runs, so the SDK submits FineTuneJobs and the
+operator creates the children; `direct` jobs (the path for clusters without Graft's CRD) are
+tested beside them, answering the same verbs the same way. No training operator runs here
+(tests/controllers runs it), so the test writes the PyTorchJob's status through its status
+subresource the way the training operator does, and creates pods as it would. Each test has its
+own namespace; the SDK talks as user `graft-sdk`, the test as `graft-admin`, so the API server's
+audit log shows exactly which requests the SDK made."""
 
 from __future__ import annotations
 
@@ -29,16 +32,25 @@ NAME = TINY_JOB["metadata"]["name"]
 INERT_NODE = "no-kubelet-here"  # pods bound to a node no kubelet serves stay exactly as written
 
 
-@pytest.fixture
-def kube(control_plane, namespace, tmp_path, monkeypatch):
-    """The SDK client under test (user graft-sdk, also the CLI's KUBECONFIG) and admin clients
-    that play the training operator and the kubelet."""
+@pytest.fixture(params=["finetunejob", "direct"])
+def kube(request, control_plane, operator, namespace, tmp_path, monkeypatch):
+    """The SDK client under test (user graft-sdk, also the CLI's KUBECONFIG), on either path,
+    and admin clients that play the training operator and the kubelet."""
     sdk_config = control_plane.user_kubeconfig("graft-sdk", namespace, tmp_path / "sdk.kubeconfig")
     monkeypatch.setenv("KUBECONFIG", str(sdk_config))
     admin = config.new_client_from_config(str(control_plane.kubeconfig))
-    return SimpleNamespace(sdk=Client("kubernetes", kubeconfig=str(sdk_config)), ns=namespace,
+    direct = request.param == "direct"
+    return SimpleNamespace(sdk=Client("kubernetes", kubeconfig=str(sdk_config), direct=direct or None),
+                           ns=namespace, direct=direct, kind="PyTorchJob" if direct else "FineTuneJob",
                            core=client.CoreV1Api(admin), custom=client.CustomObjectsApi(admin),
                            plane=control_plane)
+
+
+def submit(kube, document=TINY_JOB):
+    """Submit through the SDK, then wait for the child the training operator would act on."""
+    ref = kube.sdk.submit(document)
+    wait_for(lambda: pytorchjob(kube))
+    return ref
 
 
 def set_conditions(kube, *conditions):
@@ -68,6 +80,11 @@ def pod(kube, name, *, job=NAME, node=INERT_NODE, command=None, resources=None, 
         kube.core.patch_namespaced_pod_status(name, kube.ns, {"status": status})
 
 
+def plural(kube) -> str:
+    """What the job is on this path, as the audit log names the resource."""
+    return "pytorchjobs" if kube.direct else "finetunejobs"
+
+
 def sdk_requests(kube, since: int = 0) -> list[tuple[str, str]]:
     """(verb, resource) of every request the SDK made in this test's namespace, from the API
     server's audit log."""
@@ -75,9 +92,9 @@ def sdk_requests(kube, since: int = 0) -> list[tuple[str, str]]:
     return [(e["verb"], e["objectRef"].get("resource", "")) for e in mine[since:]]
 
 
-def test_submit_creates_the_spec_configmap_and_a_pytorchjob_the_real_crd_accepts(kube):
-    ref = kube.sdk.submit(TINY_JOB)
-    assert (ref.kind, ref.namespace) == ("PyTorchJob", kube.ns)
+def test_submit_makes_the_spec_configmap_and_a_pytorchjob_the_real_crd_accepts(kube):
+    ref = submit(kube)
+    assert (ref.kind, ref.namespace, ref.note) == (kube.kind, kube.ns, None)
     configmap = kube.core.read_namespaced_config_map(f"{NAME}-spec", kube.ns)
     assert yaml.safe_load(configmap.data["spec.yaml"])["metadata"]["name"] == NAME
     job = pytorchjob(kube)
@@ -85,7 +102,15 @@ def test_submit_creates_the_spec_configmap_and_a_pytorchjob_the_real_crd_accepts
     assert set(job["spec"]["pytorchReplicaSpecs"]) == {"Master", "Worker"}
     assert kube.sdk.get(NAME).phase == "Pending"
     assert [s.name for s in kube.sdk.list()] == [NAME]
-    assert sdk_requests(kube)[:2] == [("create", "configmaps"), ("create", "pytorchjobs")]
+    listed = kube.plane.kubectl("get", "ftj", "-n", kube.ns, "-o", "name").stdout.split()
+    if kube.direct:
+        assert sdk_requests(kube)[:2] == [("create", "configmaps"), ("create", "pytorchjobs")]
+        assert listed == []
+    else:  # a FineTuneJob, the operator the only creator of its children, with its Events
+        assert sdk_requests(kube)[:1] == [("create", "finetunejobs")]
+        assert listed == [f"finetunejob.graft.dev/{NAME}"]
+        assert job["metadata"]["ownerReferences"][0]["kind"] == "FineTuneJob"
+        assert any("Created" in line for line in kube.sdk.events(NAME))
 
 
 def test_invalid_spec_submits_nothing_and_exits_2(kube, tmp_path):
@@ -98,7 +123,7 @@ def test_invalid_spec_submits_nothing_and_exits_2(kube, tmp_path):
 
 
 def test_wait_is_woken_by_the_watch_and_makes_no_polling_gets(kube):
-    kube.sdk.submit(TINY_JOB)
+    submit(kube)
     before = len(sdk_requests(kube))
     set_conditions(kube, {"type": "Created", "status": "True"})
     waiter_started = threading.Event()
@@ -112,36 +137,36 @@ def test_wait_is_woken_by_the_watch_and_makes_no_polling_gets(kube):
     thread.start()
     waiter_started.wait()
     # The watch is open once the API server has logged it; then the job moves on twice.
-    wait_for(lambda: ("watch", "pytorchjobs") in sdk_requests(kube, before))
+    wait_for(lambda: ("watch", plural(kube)) in sdk_requests(kube, before))
     set_conditions(kube, {"type": "Running", "status": "True"})
     set_conditions(kube, {"type": "Running", "status": "False"},
                    {"type": "Succeeded", "status": "True", "message": f"PyTorchJob {NAME} is successfully completed."})
     thread.join(60)
     assert result["status"].phase == "Succeeded" and "successfully completed" in result["status"].message
-    assert sdk_requests(kube, before) == [("list", "pytorchjobs"), ("watch", "pytorchjobs")]
+    assert sdk_requests(kube, before) == [("list", plural(kube)), ("watch", plural(kube))]
 
 
 def test_wait_resumes_each_ended_watch_from_its_resource_version(kube, monkeypatch):
     """The server ends every watch after its timeout; the SDK reopens it from the last
     resourceVersion it saw (no relist, no missed transition)."""
     monkeypatch.setattr("graft.backends.kubernetes.WATCH_SERVER_TIMEOUT_S", 1)
-    kube.sdk.submit(TINY_JOB)
+    submit(kube)
     before = len(sdk_requests(kube))
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(status=kube.sdk.wait(NAME, timeout=60)))
     thread.start()
-    wait_for(lambda: sdk_requests(kube, before).count(("watch", "pytorchjobs")) >= 3)
+    wait_for(lambda: sdk_requests(kube, before).count(("watch", plural(kube))) >= 3)
     set_conditions(kube, {"type": "Succeeded", "status": "True", "message": "done"})
     thread.join(60)
     assert result["status"].phase == "Succeeded"
     watches = [e for e in kube.plane.requests_by("graft-sdk")
                if e["verb"] == "watch" and e["objectRef"].get("namespace") == kube.ns]
-    assert sdk_requests(kube, before).count(("list", "pytorchjobs")) == 1
+    assert sdk_requests(kube, before).count(("list", plural(kube))) == 1
     assert all("resourceVersion=" in e["requestURI"] for e in watches)
 
 
 def test_cli_wait_exits_4_when_the_job_fails(kube):
-    kube.sdk.submit(TINY_JOB)
+    submit(kube)
     set_conditions(kube, {"type": "Failed", "status": "True", "message": "Master replica failed"})
     result = CliRunner().invoke(app, ["wait", NAME, "--timeout", "30"])
     assert result.exit_code == 4, result.output
@@ -151,7 +176,7 @@ def test_cli_wait_exits_4_when_the_job_fails(kube):
 def test_logs_follow_reads_real_pod_logs_through_the_api_server(kube, node):
     """Pods the real scheduler binds to the node stand-in, which runs them and serves their
     logs on the kubelet endpoint; the SDK reads them through the API server's pods/log."""
-    kube.sdk.submit(TINY_JOB)
+    submit(kube)
     lines: list[str] = []
     follower = threading.Thread(target=lambda: lines.extend(kube.sdk.logs(NAME, follow=True)))
     follower.start()
@@ -179,7 +204,7 @@ def terminated(message, exit_code=0):
 
 
 def test_get_reports_the_final_summary_rank0_left_in_its_termination_message(kube):
-    kube.sdk.submit(TINY_JOB)
+    submit(kube)
     assert kube.sdk.get(NAME).metrics == {}  # no pod has finished yet
     summary = {"best_metric": "val_accuracy", "best_value": 0.93, "best_epoch": 2, "val_accuracy": 0.91,
                "epochs_run": 3, "model_dir": "/workspace/out/model"}
@@ -193,7 +218,7 @@ def test_get_reports_the_final_summary_rank0_left_in_its_termination_message(kub
 
 
 def test_why_names_the_real_schedulers_reason_and_a_quota_refusal(kube, node):
-    kube.sdk.submit(TINY_JOB)
+    submit(kube)
     # The scheduler itself decides: the only node (the stand-in) has no GPUs.
     pod(kube, f"{NAME}-master-0", node=None, resources={"limits": {"nvidia.com/gpu": "1"}})
     wait_for(lambda: any(c.reason == "Unschedulable" for c in
@@ -211,7 +236,7 @@ def test_why_names_the_real_schedulers_reason_and_a_quota_refusal(kube, node):
         "involvedObject": {"kind": "PyTorchJob", "name": NAME, "namespace": kube.ns},
         "type": "Warning", "reason": "FailedCreatePod", "message": refusal})
     text = kube.sdk.why(NAME)
-    assert f"PyTorchJob {kube.ns}/{NAME} is Pending" in text
+    assert f"{kube.kind} {kube.ns}/{NAME} is Pending" in text
     assert "Insufficient nvidia.com/gpu" in text and "gpusPerNode" in text
     assert "exceeded quota: gpu-quota" in text and "ResourceQuota" in text
     assert "\n" not in text
@@ -219,7 +244,7 @@ def test_why_names_the_real_schedulers_reason_and_a_quota_refusal(kube, node):
 
 
 def test_why_explains_an_image_pull_failure(kube):
-    kube.sdk.submit(TINY_JOB)
+    submit(kube)
     pod(kube, f"{NAME}-master-0", status={"phase": "Pending", "containerStatuses": [{
         "name": "pytorch", "image": "graft-trainer", "imageID": "", "ready": False, "restartCount": 0,
         "state": {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "graft-trainer"'}}}]})
@@ -228,14 +253,41 @@ def test_why_explains_an_image_pull_failure(kube):
 
 
 def test_suspend_resume_and_delete_change_the_live_objects(kube):
-    kube.sdk.submit(TINY_JOB)
-    kube.sdk.suspend(NAME)
-    assert pytorchjob(kube)["spec"]["runPolicy"]["suspend"] is True
+    submit(kube)
+    kube.sdk.suspend(NAME)  # on a FineTuneJob, the operator carries it to the child
+    wait_for(lambda: pytorchjob(kube)["spec"]["runPolicy"]["suspend"] is True)
     kube.sdk.resume(NAME)
-    assert pytorchjob(kube)["spec"]["runPolicy"]["suspend"] is False
-    kube.sdk.delete(NAME)
+    wait_for(lambda: pytorchjob(kube)["spec"]["runPolicy"]["suspend"] is False)
+    kube.sdk.delete(NAME)  # on a FineTuneJob, the garbage collector removes the children
     wait_for(lambda: pytorchjob(kube) is None)
-    with pytest.raises(ApiException):
-        kube.core.read_namespaced_config_map(f"{NAME}-spec", kube.ns)
+    wait_for(lambda: not kube.core.list_namespaced_config_map(
+        kube.ns, field_selector=f"metadata.name={NAME}-spec").items)
     result = CliRunner().invoke(app, ["get", NAME])
     assert result.exit_code == 3
+
+
+@pytest.fixture(scope="module")
+def bare_cluster(tmp_path_factory, crds_dir):
+    """A control plane of its own with only the Kubeflow PyTorchJob CRD: a cluster where
+    Graft's CRD and operator are not installed."""
+    import yaml as pyyaml
+
+    from controlplane.cluster import ControlPlane
+
+    with ControlPlane(tmp_path_factory.mktemp("bare-plane"), scheduler=False) as plane:
+        plane.install_crds([pyyaml.safe_load((crds_dir / "kubeflow.org_pytorchjobs.yaml").read_text())])
+        yield plane
+
+
+def test_without_graft_crd_submit_creates_the_child_with_a_one_line_note(bare_cluster, tmp_path, monkeypatch):
+    sdk_config = bare_cluster.user_kubeconfig("graft-sdk", "default", tmp_path / "sdk.kubeconfig")
+    monkeypatch.setenv("KUBECONFIG", str(sdk_config))
+    result = CliRunner().invoke(app, ["submit", str(write_spec(tmp_path / "tiny.yaml", TINY_JOB))])
+    assert result.exit_code == 0, result.output
+    assert "submitted PyTorchJob default/tiny-digits" in result.output
+    (note,) = [line for line in result.output.splitlines() if line.startswith("note:")]
+    assert "does not serve FineTuneJobs" in note and "--direct" in note
+    refused = Client("kubernetes", kubeconfig=str(sdk_config), direct=False)
+    with pytest.raises(RuntimeError, match="install Graft's chart"):
+        refused.submit({**TINY_JOB, "metadata": {"name": "insists"}})
+    assert Client("kubernetes", kubeconfig=str(sdk_config)).get(NAME).phase == "Pending"

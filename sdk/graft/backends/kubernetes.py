@@ -1,5 +1,9 @@
-"""Kubernetes backend: a FineTuneJob becomes [ConfigMap `<name>-spec`, PyTorchJob | TrainJob |
-RayJob] created with the official client; everything after that is read back from the cluster.
+"""Kubernetes backend. Where the cluster serves the FineTuneJob CRD, a job is submitted as a
+FineTuneJob and Graft's operator is the only creator of its children (ConfigMap `<name>-spec`,
+PyTorchJob | TrainJob | RayJob), so jobs from the SDK and from `kubectl apply` are the same
+object with the same status and Events. Where it does not (a cluster with only Kubeflow or
+KubeRay), or when asked (`direct=True`, `graft submit --direct`), the children are created
+directly. Every verb reads whichever object the job is, the FineTuneJob first.
 
 `wait` and `logs(follow=True)` are driven by WATCH streams (list once, watch from its
 resourceVersion, reconnect when a stream ends, relist on 410 Gone), never by polling.
@@ -7,6 +11,7 @@ resourceVersion, reconnect when a stream ends, relist on 410 Gone), never by pol
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import threading
@@ -23,11 +28,15 @@ from graft.backends.base import JobExists, JobNotFound, WaitTimeout
 from graft.jobstatus import explain_pending, from_child, suspend_patch, termination_summary
 from graft.render import render
 from graft.spec import FineTuneJob
-from graft.spec.contracts import CHILD_KINDS, JOB_LABEL, SPEC_KEY, spec_configmap_name
+from graft.spec.contracts import (CHILD_KINDS, FINETUNEJOB, JOB_LABEL, SPEC_KEY, ResourceKind, backend_of,
+                                  spec_configmap_name)
 from graft.types import TERMINAL_PHASES, JobRef, JobStatus, Phase
 
 WATCH_SERVER_TIMEOUT_S = 300  # the server ends each watch after this; we reconnect
 STOP_CHECK_S = 5.0
+DIRECT_NOTE = ("the cluster does not serve FineTuneJobs (Graft's CRD is not installed), so the {kind} was "
+               "created directly: no operator status, Events or `kubectl get ftj` for it; install Graft's "
+               "chart to get them, or pass --direct to choose this path on purpose")
 
 
 class KubernetesBackend:
@@ -39,7 +48,10 @@ class KubernetesBackend:
         kubeconfig: str | None = None,
         context: str | None = None,
         api_client: client.ApiClient | None = None,
+        direct: bool | None = None,
     ):
+        """`direct`: None submits a FineTuneJob where the cluster serves the CRD (else the
+        child, with a note); True always creates the child; False insists on a FineTuneJob."""
         if api_client is None:
             # Read KUBECONFIG now: the client library reads it once, when it is first imported.
             kubeconfig = kubeconfig or os.environ.get("KUBECONFIG")
@@ -59,14 +71,53 @@ class KubernetesBackend:
         self.namespace = namespace or "default"
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
-        self._targets: dict[str, str] = {}
+        self.direct = direct
+        self._served: bool | None = None
+        self._resources: dict[str, ResourceKind] = {}
 
     # -- submit ---------------------------------------------------------------------------
     def submit(self, job: FineTuneJob) -> JobRef:
-        """Render (pure, may raise) before the first API call, so bad input creates nothing;
-        if the job object is refused, the ConfigMap created just before is removed again."""
+        """Render (pure, may raise) before the first API call, so bad input creates nothing
+        whichever path the job takes."""
         namespace = job.metadata.namespace or self.namespace
         configmap, child = render(job, job.spec.backend)
+        if self.direct is not True and self._finetunejobs_served():
+            return self._submit_finetunejob(job, namespace)
+        if self.direct is False:
+            raise RuntimeError("the cluster does not serve FineTuneJobs: install Graft's chart (CRD and "
+                               "operator), or submit the child job directly with --direct")
+        ref = self._submit_direct(job, namespace, configmap, child)
+        if self.direct is None:
+            ref.note = DIRECT_NOTE.format(kind=ref.kind)
+        return ref
+
+    def _finetunejobs_served(self) -> bool:
+        """Whether the API server serves the FineTuneJob CRD (API discovery, asked once)."""
+        if self._served is None:
+            path = f"/apis/{FINETUNEJOB.group}/{FINETUNEJOB.version}"
+            try:
+                found = self.api.call_api(path, "GET", response_type="object", auth_settings=["BearerToken"],
+                                          _return_http_data_only=True)
+                self._served = any(r.get("name") == FINETUNEJOB.plural for r in (found or {}).get("resources", []))
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise _api_error(exc, f"API group {FINETUNEJOB.group}") from None
+                self._served = False
+        return self._served
+
+    def _submit_finetunejob(self, job: FineTuneJob, namespace: str) -> JobRef:
+        document = job.to_document()
+        document["metadata"]["namespace"] = namespace
+        group, version, plural, kind = FINETUNEJOB
+        try:
+            self.custom.create_namespaced_custom_object(group, version, namespace, plural, document)
+        except ApiException as exc:
+            raise _api_error(exc, f"{kind} {job.metadata.name}") from None
+        self._resources[job.metadata.name] = FINETUNEJOB
+        return JobRef(name=job.metadata.name, backend="kubernetes", namespace=namespace, kind=kind)
+
+    def _submit_direct(self, job: FineTuneJob, namespace: str, configmap: dict, child: dict) -> JobRef:
+        """ConfigMap, then child; if the child is refused, the ConfigMap is removed again."""
         for obj in (configmap, child):
             obj["metadata"]["namespace"] = namespace
         group, version, plural, kind = CHILD_KINDS[job.spec.backend]
@@ -79,30 +130,39 @@ class KubernetesBackend:
         except ApiException as exc:
             self.core.delete_namespaced_config_map(configmap["metadata"]["name"], namespace)
             raise _api_error(exc, f"{kind} {job.metadata.name}") from None
-        self._targets[job.metadata.name] = job.spec.backend
+        self._resources[job.metadata.name] = CHILD_KINDS[job.spec.backend]
         return JobRef(name=job.metadata.name, backend="kubernetes", namespace=namespace, kind=kind)
 
     # -- reading --------------------------------------------------------------------------
-    def _target(self, name: str) -> str:
-        """Which child kind a job is, read from the spec Graft stored beside it."""
-        if name not in self._targets:
-            try:
-                cm = self.core.read_namespaced_config_map(spec_configmap_name(name), self.namespace)
-            except ApiException as exc:
-                raise _api_error(exc, f"job {name}") from None
-            document = yaml.safe_load((cm.data or {}).get(SPEC_KEY) or "{}") or {}
-            self._targets[name] = (document.get("spec") or {}).get("backend", "pytorchjob")
-        return self._targets[name]
+    def _resource(self, name: str) -> ResourceKind:
+        """What the job is: its FineTuneJob when one exists, else the child Graft created
+        directly (its kind read from the spec stored beside it)."""
+        if name not in self._resources:
+            if self._finetunejobs_served() and self._read(FINETUNEJOB, name, missing_ok=True):
+                self._resources[name] = FINETUNEJOB
+            else:
+                try:
+                    cm = self.core.read_namespaced_config_map(spec_configmap_name(name), self.namespace)
+                except ApiException as exc:
+                    raise _api_error(exc, f"job {name}") from None
+                document = yaml.safe_load((cm.data or {}).get(SPEC_KEY) or "{}") or {}
+                self._resources[name] = CHILD_KINDS[(document.get("spec") or {}).get("backend", "pytorchjob")]
+        return self._resources[name]
 
-    def _child(self, name: str) -> dict[str, Any]:
-        group, version, plural, kind = CHILD_KINDS[self._target(name)]
+    def _read(self, resource: ResourceKind, name: str, missing_ok: bool = False) -> dict[str, Any] | None:
+        group, version, plural, kind = resource
         try:
             return self.custom.get_namespaced_custom_object(group, version, self.namespace, plural, name)
         except ApiException as exc:
+            if missing_ok and exc.status == 404:
+                return None
             raise _api_error(exc, f"{kind} {name}") from None
 
+    def _job(self, name: str) -> dict[str, Any]:
+        return self._read(self._resource(name), name)
+
     def get(self, name: str) -> JobStatus:
-        return _status(self._child(name), metrics=self._final_summary(name))
+        return _status(self._job(name), metrics=self._final_summary(name))
 
     def _final_summary(self, name: str) -> dict[str, Any]:
         """The trainer's final summary from pod status (its /dev/termination-log), {} until
@@ -115,7 +175,13 @@ class KubernetesBackend:
         return {}
 
     def list(self) -> list[JobStatus]:
+        """FineTuneJobs, and the children Graft created directly (those a FineTuneJob owns
+        are listed through it)."""
         found = []
+        if self._finetunejobs_served():
+            group, version, plural, _ = FINETUNEJOB
+            listing = self.custom.list_namespaced_custom_object(group, version, self.namespace, plural)
+            found += [_status(obj) for obj in listing.get("items", [])]
         for group, version, plural, _ in CHILD_KINDS.values():
             try:
                 listing = self.custom.list_namespaced_custom_object(
@@ -125,14 +191,14 @@ class KubernetesBackend:
                 if exc.status == 404:  # that operator's CRD is not installed
                     continue
                 raise
-            found += [_status(obj) for obj in listing.get("items", []) if _labelled(obj)]
+            found += [_status(obj) for obj in listing.get("items", []) if _labelled(obj) and not _owned(obj)]
         return sorted(found, key=lambda s: s.name)
 
     def wait(
         self, name: str, until: tuple[Phase, ...] = TERMINAL_PHASES, timeout: float | None = None
     ) -> JobStatus:
         deadline = None if timeout is None else time.monotonic() + timeout
-        group, version, plural, kind = CHILD_KINDS[self._target(name)]
+        group, version, plural, kind = self._resource(name)
         events = self._watch(
             self.custom.list_namespaced_custom_object, group, version, self.namespace, plural,
             field_selector=f"metadata.name={name}", deadline=deadline,
@@ -199,7 +265,7 @@ class KubernetesBackend:
     def logs(self, name: str, follow: bool = False) -> Iterator[str]:
         """Every pod's log, each line prefixed `[<pod>]`; with follow, pods that start later
         join the stream, and it ends once the job has finished and every stream is drained."""
-        self._child(name)  # raises JobNotFound
+        self._job(name)  # raises JobNotFound
         if not follow:
             for pod in self._pods(name):
                 pod_name = pod["metadata"]["name"]
@@ -221,27 +287,33 @@ class KubernetesBackend:
 
     # -- changing -------------------------------------------------------------------------
     def delete(self, name: str) -> None:
-        group, version, plural, kind = CHILD_KINDS[self._target(name)]
+        """A FineTuneJob's children go by garbage collection (they are owned by it); a direct
+        job's ConfigMap is deleted here."""
+        resource = self._resource(name)
+        group, version, plural, kind = resource
         try:
             self.custom.delete_namespaced_custom_object(
                 group, version, self.namespace, plural, name, propagation_policy="Background"
             )
         except ApiException as exc:
             raise _api_error(exc, f"{kind} {name}") from None
-        try:
-            self.core.delete_namespaced_config_map(spec_configmap_name(name), self.namespace)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-        self._targets.pop(name, None)
+        if resource != FINETUNEJOB:
+            try:
+                self.core.delete_namespaced_config_map(spec_configmap_name(name), self.namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        self._resources.pop(name, None)
 
     def _patch_suspend(self, name: str, suspend: bool) -> None:
-        target = self._target(name)
-        group, version, plural, kind = CHILD_KINDS[target]
+        """spec.suspend of a FineTuneJob (the operator carries it to the child), or the
+        child's own suspend field."""
+        resource = self._resource(name)
+        group, version, plural, kind = resource
+        patch = ({"spec": {"suspend": suspend}} if resource == FINETUNEJOB
+                 else suspend_patch(backend_of(kind), suspend))
         try:
-            self.custom.patch_namespaced_custom_object(
-                group, version, self.namespace, plural, name, suspend_patch(target, suspend)
-            )
+            self.custom.patch_namespaced_custom_object(group, version, self.namespace, plural, name, patch)
         except ApiException as exc:
             raise _api_error(exc, f"{kind} {name}") from None
 
@@ -253,7 +325,7 @@ class KubernetesBackend:
 
     def why(self, name: str) -> str:
         status = self.get(name)
-        kind = CHILD_KINDS[self._target(name)][3]
+        kind = self._resource(name).kind
         subject = f"{kind} {self.namespace}/{name}"
         if status.phase == "Succeeded":
             return f"{subject} succeeded; nothing is wrong."
@@ -277,7 +349,9 @@ class KubernetesBackend:
                 parts.append("A ResourceQuota in the namespace refuses the pods: lower "
                              "spec.resources (cpu, memory, gpusPerNode) or raise the quota.")
         if status.phase == "Pending" and not pods and not job_warnings:
-            parts.append(f"No pods exist yet and nothing reported a problem: check that the "
+            parts.append("No pods exist yet and nothing reported a problem: check that Graft's operator and "
+                         "the training operator are installed and running." if kind == FINETUNEJOB.kind else
+                         f"No pods exist yet and nothing reported a problem: check that the "
                          f"{kind} operator is installed and running.")
         if status.phase == "Running" and not stuck:
             running = sum((p.get("status") or {}).get("phase") == "Running" for p in pods)
@@ -353,17 +427,28 @@ class _LogFollower:
             self.lines_q.put(None)  # wake the consumer
 
 
-def _status(child: dict[str, Any], metrics: dict[str, Any] | None = None) -> JobStatus:
-    mapped = from_child(child)
-    true_conditions = [c for c in mapped.get("conditions", []) if c.get("status") == "True"]
+def _status(job: dict[str, Any], metrics: dict[str, Any] | None = None) -> JobStatus:
+    """One status model for both paths: a FineTuneJob's status as the operator wrote it, or a
+    direct child's mapped the way the operator maps it."""
+    if job.get("kind") == FINETUNEJOB.kind:
+        mapped = {"phase": "Pending", **(job.get("status") or {})}
+    else:
+        mapped = from_child(job)
+    true_conditions = [c for c in mapped.get("conditions") or [] if c.get("status") == "True"]
+    latest = true_conditions[-1].get("message", "") if true_conditions else ""
     return JobStatus(
-        name=child["metadata"]["name"],
+        name=job["metadata"]["name"],
         phase=mapped["phase"],
-        message=(true_conditions[-1].get("message", "") if true_conditions else ""),
+        message=mapped.get("message") or latest,
         start_time=mapped.get("startTime"),
         completion_time=mapped.get("completionTime"),
         metrics=metrics or {},
     )
+
+
+def _owned(obj: dict) -> bool:
+    """Whether a FineTuneJob owns this child (then the FineTuneJob stands for the job)."""
+    return any(ref.get("kind") == FINETUNEJOB.kind for ref in obj["metadata"].get("ownerReferences") or [])
 
 
 def _labelled(obj: dict, name: str | None = None) -> bool:
@@ -402,4 +487,8 @@ def _api_error(exc: ApiException, what: str) -> Exception:
         return JobNotFound(f"{what} not found")
     if exc.status == 409:
         return JobExists(f"{what} already exists; delete it first or pick another metadata.name")
-    return RuntimeError(f"the API server refused {what}: {exc.status} {exc.reason}: {exc.body}")
+    try:  # the server's own sentence (it names the field), not the raw Status JSON
+        message = json.loads(exc.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        message = f"{exc.status} {exc.reason}"
+    return RuntimeError(f"the API server refused {what}: {message}")
