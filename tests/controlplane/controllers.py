@@ -243,6 +243,40 @@ class Controllers:
             env={**self._env(), "MY_POD_NAMESPACE": CONTROLLER_NAMESPACE},
             bind=(certs_dir, TRAINING_OPERATOR_CERT_DIR))
 
+    # -- the KubeRay operator -------------------------------------------------------------
+    def _kuberay(self) -> Controller:
+        """RayCluster, RayJob and RayService controllers (all start, so the RayService CRD,
+        which ../shared/crds lacks, is installed from the operator's own module); webhooks off
+        (ENABLE_WEBHOOKS unset)."""
+        crd = _module_dir("github.com/ray-project/kuberay/ray-operator", _version("KUBERAY_VERSION"))
+        self.plane.kubectl("apply", "--server-side", "-f", str(crd / "config/crd/bases/ray.io_rayservices.yaml"))
+        metrics, probe = self._ports()
+        return Controller(
+            "kuberay",
+            [str(self.binaries["kuberay"]), f"--metrics-addr=127.0.0.1:{metrics}",
+             f"--health-probe-bind-address=127.0.0.1:{probe}", "--enable-leader-election=false",
+             "--log-stdout-encoder=console"],
+            self.workdir / "kuberay.log", f"http://127.0.0.1:{probe}/readyz", env=self._env())
+
+
+def _version(name: str) -> str:
+    for line in (BUILD_SCRIPT.parent / "versions.env").read_text().splitlines():
+        if line.startswith(f"{name}="):
+            return line.split("=", 1)[1].split()[0]
+    raise ControllerError(f"{name} is not pinned in tests/controlplane/versions.env")
+
+
+def _module_dir(module: str, version: str) -> Path:
+    """The module's source in the Go module cache (build.sh downloaded it)."""
+    import json
+
+    result = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"], capture_output=True,
+                            text=True)
+    info = json.loads(result.stdout or "{}")
+    if result.returncode != 0 or "Dir" not in info:
+        raise ControllerError(f"go mod download {module}@{version} failed: {result.stdout[-1000:]}{result.stderr[-1000:]}")
+    return Path(info["Dir"])
+
 
 def _yaml(document: dict) -> str:
     import yaml

@@ -138,8 +138,9 @@ OPERATOR_RBAC_RULES: list[dict[str, list[str]]] = [
       for child in CHILD_KINDS.values()),
     # the spec ConfigMap: create, read back on 409.
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create"]},
-    # pods: watch + list for restarts/why/final summary; logs for graft-progress lines.
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+    # pods: watch + list for restarts/why/final summary; logs for graft-progress lines; patch for
+    # the progress daemon kopf runs per rank-0 pod (it keeps its state in the pod's annotations).
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "patch"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     # Events: ours (kube.Kube.event) and kopf's handler-failure warnings.
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
