@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from graft_trainer import strategies
 from graft_trainer.loop import Hooks, fit
 from graft_trainer.models import build_model
-from graft_trainer.checkpoint import latest
+from graft_trainer.checkpoint import steps
 from trainer_jobs import PYTHON, REPO, digits_doc, job_of, text_doc, trainer_env, write_spec
 
 pytestmark = pytest.mark.slow
@@ -144,7 +144,7 @@ def test_bf16_mixed_precision_trains(tmp_path):
     before = initial_state(job_of(doc), 5)
     subprocess.run([PYTHON, "-m", "graft_trainer", str(write_spec(doc, tmp_path / "bf16.yaml"))],
                    cwd=REPO, env=trainer_env(), check=True, capture_output=True, timeout=300)
-    after = load_file(latest(tmp_path / "out" / "checkpoints") / "model.safetensors")
+    after = load_file(steps(tmp_path / "out" / "checkpoints")[0] / "model.safetensors")
     assert after["head.0.weight"].dtype == torch.float32  # autocast: weights stay fp32
     assert changed(before, after, "head.") and changed(before, after, "backbone.layer4.")
     history = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]

@@ -86,6 +86,7 @@ class Coordinator:
         self.failing = False
         self._closed = threading.Event()
         self._previous_handler = None
+        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ start (collective)
 
@@ -116,7 +117,8 @@ class Coordinator:
         if threading.current_thread() is threading.main_thread():  # Ray Train runs the loop in a thread
             self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         self._beat(0)
-        threading.Thread(target=self._watch, name="graft-watchdog", daemon=True).start()
+        self._thread = threading.Thread(target=self._watch, name="graft-watchdog", daemon=True)
+        self._thread.start()
 
     def _sees(self, nonce: str, patience_s: float = 5.0) -> bool:
         """Whether this rank reads rank 0's nonce; re-read for a few seconds, as a network
@@ -133,8 +135,11 @@ class Coordinator:
             time.sleep(0.25)
 
     def close(self) -> None:
-        """Stop the watchdog and give SIGTERM back (fit may run again in this process)."""
+        """Stop the watchdog and give SIGTERM back (fit may run again in this process). The
+        thread is joined: one still running while the interpreter shuts down aborts it."""
         self._closed.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
         if self._previous_handler is not None:
             signal.signal(signal.SIGTERM, self._previous_handler)
 
