@@ -15,7 +15,9 @@ What it does, per pod bound to it:
   FallbackToLogsOnError, restartCount) through pods/status; restartPolicy honoured with a
   short back-off; deletion honours the grace period (SIGTERM, then SIGKILL);
 - container logs served on the kubelet's log endpoint (HTTPS on loopback, the Node's
-  daemonEndpoints), so `kubectl logs` and `graft logs -f` read them through the API server.
+  daemonEndpoints), so `kubectl logs` and `graft logs -f` read them through the API server; as
+  the kubelet serves them, the current run of a container from its start and the run before
+  with previous=true (a restart starts a new log).
 
 What it does NOT do (a test that needs it says so): images, resource limits or cgroups, network
 isolation (every pod shares loopback, so two jobs must not listen on the same port), probes,
@@ -219,6 +221,8 @@ class NodeStandIn:
                            f"sh -c {q('cd ' + q(workdir) + ' && exec ' + ' '.join(q(c) for c in command))}")
         script = root / f"{container.name}.start.sh"
         script.write_text("set -e\nmount --make-rprivate /\n" + "\n".join(mount_lines) + "\n")
+        if container.restarts and container.log.exists():  # a new run, a new log (kubelet-like)
+            container.log.replace(container.log.with_suffix(".previous.log"))
         log = container.log.open("ab")
         container.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", str(script)],
                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -363,6 +367,10 @@ class NodeStandIn:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain")
                 self.end_headers()
+                if query.get("previous") == ["true"]:
+                    previous = container.log.with_suffix(".previous.log")
+                    self.wfile.write(previous.read_bytes() if previous.exists() else b"")
+                    return
                 node._stream(container, self.wfile, follow=query.get("follow") == ["true"],
                              tail=int(query["tailLines"][0]) if "tailLines" in query else None)
 
@@ -391,7 +399,7 @@ class NodeStandIn:
                         return
                     continue
                 exited = proc is None or proc.poll() is not None
-                if not follow or self._stopping.is_set() or (exited and log.tell() >= container.log.stat().st_size):
+                if not follow or self._stopping.is_set() or (exited and log.tell() >= os.fstat(log.fileno()).st_size):
                     return
                 time.sleep(0.1)
 

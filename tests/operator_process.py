@@ -26,7 +26,7 @@ class OperatorProcess:
         port, metrics_port = free_port(), free_port()
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        self._log = self.log_path.open("w")
+        self._log = self.log_path.open(getattr(self, "_log_mode", "w"))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "graft.operator", "--standalone",
              "--liveness", f"http://127.0.0.1:{port}/healthz", "--metrics-port", str(metrics_port)],
@@ -43,7 +43,21 @@ class OperatorProcess:
                 time.sleep(0.2)
         raise RuntimeError(f"operator not ready in 60 s:\n{self.log_path.read_text()[-3000:]}")
 
+    def kill(self, sig: int = 9) -> None:
+        """A fault: signal the operator process (kill -9 by default) and reap it."""
+        self.proc.send_signal(sig)
+        self.proc.wait(20)
+        self._log.close()
+
+    def restart(self) -> OperatorProcess:
+        """A fresh operator process after kill(); its log is appended to the same file."""
+        self._log_mode = "a"
+        return self.__enter__()
+
     def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is not None:
+            self._log.close()
+            return
         self.proc.terminate()
         try:
             self.proc.wait(5)

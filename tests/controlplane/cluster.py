@@ -361,7 +361,7 @@ class ControlPlane:
         """The audit events of one user's requests, one per request (a watch counts once)."""
         seen, found = set(), []
         for event in self.audit_events():
-            if event["user"]["username"] == user and event["auditID"] not in seen:
+            if event["user"].get("username") == user and event["auditID"] not in seen:
                 seen.add(event["auditID"])
                 found.append(event)
         return found
