@@ -23,3 +23,6 @@ def compact_etcd(plane) -> int:
     subprocess.run([str(plane.binaries["etcdctl"]), "--endpoints", f"http://127.0.0.1:{plane.etcd_port}",
                     "compact", str(revision)], capture_output=True, text=True, check=True)
     return revision
+
+OPERATOR_USER = "system:serviceaccount:graft-system:graft-operator"
+OPERATOR_USER = "system:serviceaccount:graft-system:graft-operator"

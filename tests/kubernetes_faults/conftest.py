@@ -14,7 +14,6 @@ import pytest
 from kubernetes import client, config
 
 REPO = Path(__file__).resolve().parents[2]
-OPERATOR_USER = "system:serviceaccount:graft-system:graft-operator"
 
 
 @pytest.fixture(scope="session")

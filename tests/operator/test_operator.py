@@ -91,7 +91,9 @@ def test_create_makes_configmap_and_child_owned_by_the_job(kube):
         assert refs[0]["kind"] == "FineTuneJob" and refs[0]["controller"] is True
     assert child["spec"] == expected_child["spec"]
     assert configmap["data"] == expected_cm["data"]
-    status = status_of(kube, "create-demo", phase="Pending")
+    # the child's own watch event may write Pending first; the create handler adds the child
+    status = status_of(kube, "create-demo", phase="Pending",
+                       child={"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": "create-demo"})
     assert status["child"] == {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": "create-demo"}
     assert ("Normal", "Created", "created ConfigMap create-demo-spec and PyTorchJob create-demo") in events(kube, "create-demo")
 

@@ -73,10 +73,15 @@ def unavailable(what: str, server: str, budget: float, exc: BaseException) -> Ap
         f"check that the cluster is up and reachable, or allow a longer outage with GRAFT_API_OUTAGE_BUDGET_S")
 
 
-def call(what: str, server: str, budget: float, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+def call(what: str, server: str, budget: float, fn: Callable[..., T], *args: Any,
+         also: frozenset[int] = frozenset(), **kwargs: Any) -> T:
     """`fn(*args, **kwargs)`, retried with capped exponential backoff and jitter while it fails
-    transiently; ApiUnavailable once the budget is spent. Other ApiExceptions pass through."""
-    retrying = Retrying(retry=retry_if_exception(transient), wait=backoff(), stop=stop_after_delay(budget),
+    transiently (or with a status in `also`, e.g. 409 for a write that may conflict);
+    ApiUnavailable once the budget is spent. Other ApiExceptions pass through."""
+    def again(exc: BaseException) -> bool:
+        return transient(exc) or (isinstance(exc, ApiException) and exc.status in also)
+
+    retrying = Retrying(retry=retry_if_exception(again), wait=backoff(), stop=stop_after_delay(budget),
                         reraise=True)
     try:
         return retrying(fn, *args, **kwargs)

@@ -8,11 +8,19 @@ ended (a `graft_reconcile_total` result) to `metrics.reconciler`, which counts a
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import urllib3
+from kubernetes.client.rest import ApiException
 
 import kopf
 
+from graft.backends import kubernetes_retry as retry
 from graft.operator import metrics
 from graft.operator import status as st
 from graft.operator.book import JobKey, StatusBook, Transition
@@ -33,6 +41,16 @@ RANK0_LABELS = (
     ("batch.kubernetes.io/job-completion-index", "0"),  # TrainJob node 0 (JobSet)
     (ROLE_LABEL, RAY_DRIVER_ROLE),  # RayJob submitter: the driver log carries the workers' output
 )
+# kopf's watches: the server ends each after WATCH_SERVER_TIMEOUT_S and kopf reopens it; a
+# watch that hears nothing for WATCH_CLIENT_TIMEOUT_S (a stalled or vanished server) is
+# dropped and reopened rather than waited on for ever.
+WATCH_SERVER_TIMEOUT_S, WATCH_CLIENT_TIMEOUT_S, WATCH_CONNECT_TIMEOUT_S = 120, 150, 10
+HANDLER_WORKERS = 16
+# Rank-0 log follows run in their own pool, never in the handlers' executor: however many
+# jobs are running, reconciles of new jobs still get a worker. Follows beyond the pool's size
+# wait their turn (their jobs' epoch progress shows late; nothing else does).
+LOG_FOLLOWERS = ThreadPoolExecutor(max_workers=int(os.environ.get("GRAFT_OPERATOR_LOG_FOLLOWERS", "256")),
+                                   thread_name_prefix="graft-log-follow")
 
 
 @kopf.on.startup()
@@ -44,7 +62,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         prefix=STORAGE_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING
-    settings.execution.max_workers = 16
+    settings.execution.max_workers = HANDLER_WORKERS
+    settings.watching.server_timeout = WATCH_SERVER_TIMEOUT_S
+    settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT_S
+    settings.watching.connect_timeout = WATCH_CONNECT_TIMEOUT_S
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = WATCH_CONNECT_TIMEOUT_S
     if "kube" not in memo:
         memo.kube = Kube.from_environment()
     memo.book = StatusBook(memo.kube)
@@ -176,21 +199,57 @@ def is_rank0_running(labels: dict[str, str], status: dict[str, Any], **_: Any) -
 
 @kopf.daemon("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT}, when=is_rank0_running,
              cancellation_timeout=1.0)
-def follow_progress(body: dict[str, Any], memo: kopf.Memo, finetunejobs: kopf.Index,
-                    stopped: kopf.DaemonStopped, **_: Any) -> None:
-    """Stream rank 0's log and publish each `graft-progress {json}` line (one per epoch)."""
+async def follow_progress(body: dict[str, Any], memo: kopf.Memo, finetunejobs: kopf.Index, **_: Any) -> None:
+    """Stream rank 0's log and publish each `graft-progress {json}` line (one per epoch). An
+    async daemon whose blocking reads run in LOG_FOLLOWERS, so it holds no handler worker;
+    cancelled (the pod stopped running or went away), it tells its reader to stop."""
     parent = _parent(body, finetunejobs)
     if parent is None:
         return
-    key, seen, metric = parent
     meta = body["metadata"]
     container = (body.get("spec") or {}).get("containers", [{}])[0].get("name")
-    for line in memo.kube.follow_log(meta["namespace"], meta["name"], container):
-        if stopped:
-            break
-        report = st.parse_progress_line(line)
-        if report:
-            _apply(memo, key, seen, st.from_progress(report, metric), source="trainer")
+    halt = threading.Event()
+    try:
+        await asyncio.get_running_loop().run_in_executor(
+            LOG_FOLLOWERS, follow_log_progress, memo, parent, meta["namespace"], meta["name"], container, halt)
+    finally:
+        halt.set()
+
+
+def follow_log_progress(memo: kopf.Memo, parent: tuple[JobKey, dict[str, Any], str], namespace: str, pod: str,
+                        container: str | None, halt: threading.Event) -> None:
+    """Follow one pod's log until its container exits, reopening after a drop, a read timeout
+    or an API server restart (capped exponential backoff with jitter), and skipping the lines
+    already read so no progress is published twice or out of order."""
+    key, seen, metric = parent
+    outage = retry.Outage(f"following the log of pod {namespace}/{pod}", memo.kube.server, float("inf"), stop=halt)
+    read = 0
+    while not halt.is_set():
+        try:
+            for index, line in enumerate(memo.kube.follow_log(namespace, pod, container)):
+                outage.answered()
+                if halt.is_set():
+                    return
+                if index < read:
+                    continue
+                read = index + 1
+                report = st.parse_progress_line(line)
+                if report:
+                    _apply(memo, key, seen, st.from_progress(report, metric), source="trainer")
+            # The stream ended: the container exited, unless the server closed it early.
+            live = memo.kube.pod(namespace, pod)
+            statuses = ((live or {}).get("status") or {}).get("containerStatuses") or []
+            if live is None or not any("running" in (c.get("state") or {}) for c in statuses):
+                return
+            outage.failed(ConnectionError("the log stream ended while the container runs"))
+        except ApiException as exc:
+            if exc.status == 404:
+                return  # the pod is gone
+            if not retry.transient(exc) and exc.status != 400:
+                raise
+            outage.failed(exc)
+        except (urllib3.exceptions.HTTPError, ConnectionError, retry.ApiUnavailable) as exc:
+            outage.failed(exc)
 
 
 def _parent(body: dict[str, Any], index: kopf.Index) -> tuple[JobKey, dict[str, Any], str] | None:
