@@ -63,7 +63,7 @@ def launch_ranks(spec: Path, nproc: int = 2, **env) -> list[subprocess.Popen]:
     port = free_port()
     procs = []
     for rank in range(nproc):
-        log = open(spec.parent / f"rank-{rank}.log", "w")
+        log = open(spec.parent / f"rank-{rank}.log", "a")  # a rerun appends: the whole story stays
         ranks = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": nproc, "LOCAL_WORLD_SIZE": nproc,
                  "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
         procs.append(subprocess.Popen(
@@ -135,4 +135,4 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 def history(output: Path) -> list[dict]:
     """metrics.jsonl without the timings (those differ between any two runs)."""
     lines = (output / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in ("elapsed_s", "train_s")} for line in lines]
+    return [{k: v for k, v in json.loads(line).items() if k not in ("elapsed_s", "train_s", "data_wait_s")} for line in lines]
