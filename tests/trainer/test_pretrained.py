@@ -38,8 +38,9 @@ def test_run_writes_every_output_a_user_reads(pretrained_run):
     summary, out = pretrained_run
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert set(metrics[0]) >= {"epoch", "phase", "train_loss", "train_accuracy", "val_loss",
-                               "val_accuracy", "val_macro_f1", "lr", "elapsed_s", "train_s"}
+                               "val_accuracy", "val_macro_f1", "lr", "elapsed_s", "train_s", "data_wait_s"}
     assert 0 < metrics[0]["train_s"] < metrics[0]["elapsed_s"]  # the steps alone, within the epoch
+    assert 0 < metrics[0]["data_wait_s"] < metrics[0]["train_s"]  # tokenising is part of the steps
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
     report = json.loads((out / "report.json").read_text())

@@ -175,7 +175,8 @@ def _fit(job: FineTuneJob, hooks: Hooks, accelerator, coordinator: Coordinator, 
                 saved = None
 
         train_started = time.monotonic()
-        train_loss, train_accuracy, samples = _train_epoch(job, run, splits, position, accelerator, loss_fn, saver, target)
+        train_loss, train_accuracy, samples, data_wait_s = _train_epoch(
+            job, run, splits, position, accelerator, loss_fn, saver, target)
         train_s = time.monotonic() - train_started
         validation = coordinator.ticking(splits.validation.loader(0))
         metrics = evaluate(model, validation, accelerator, len(splits.classes), loss_fn)
@@ -188,6 +189,7 @@ def _fit(job: FineTuneJob, hooks: Hooks, accelerator, coordinator: Coordinator, 
             "val_accuracy": metrics["val_accuracy"], "val_macro_f1": metrics["val_macro_f1"],
             "lr": run.optimizer.param_groups[0]["lr"], "elapsed_s": round(position.elapsed_s, 2),
             "train_s": round(train_s, 3),  # the training steps alone: validation, checkpoint, plot excluded
+            "data_wait_s": round(data_wait_s, 3),  # of train_s, rank 0 waiting for its next batch
         }
         if target:
             record.update(target.evaluate(loss_fn, coordinator.ticking))
@@ -335,13 +337,18 @@ def _enter_stage(job: FineTuneJob, stage: strategies.Stage, model, accelerator, 
         optimizer, job.spec.training, steps_per_epoch * (stage.last_epoch - stage.first_epoch)
     )
     accelerator.free_memory()
+    if accelerator.num_processes == 1:  # torchrun with 1 process: Accelerate would wrap DDP over one
+        # rank, copying every gradient through its buckets each step (+16 % per step, bench_loop.py)
+        wrapped = accelerator.prepare_model(model, evaluation_mode=True)  # placement, precision, no DDP
+        return Run(stage, wrapped, accelerator.prepare_optimizer(optimizer), scheduler)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     return Run(stage, wrapped, optimizer, scheduler)
 
 
 def _train_epoch(job, run: Run, splits, position: Position, accelerator, loss_fn, saver: Saver, target=None):
     """One epoch from `position.batch` on; returns the mean train loss and accuracy over ranks,
-    and the samples all ranks trained on in this call (ranks get equal batches)."""
+    the samples all ranks trained on in this call (ranks get equal batches) and the seconds this
+    rank waited for its batches."""
     training = job.spec.training
     accumulation, total = training.grad_accumulation, splits.train.batches_per_epoch
     trainable = [p for p in run.model.parameters() if p.requires_grad]
@@ -351,7 +358,7 @@ def _train_epoch(job, run: Run, splits, position: Position, accelerator, loss_fn
         total=total, initial=position.batch, disable=None if accelerator.is_main_process else True, leave=False,
         desc=f"epoch {position.epoch + 1}/{job.spec.strategy.total_epochs} [{run.stage.phase.name}]",
     )
-    pending, seen = False, 0
+    pending, seen, waited = False, 0, 0.0
     batches = iter(splits.train.loader(position.epoch, position.batch))
     for index in itertools.count(position.batch):
         # the step boundary, before the next batch is read (reading draws augmentation randomness)
@@ -359,7 +366,9 @@ def _train_epoch(job, run: Run, splits, position: Position, accelerator, loss_fn
             bar.close()
             train_loss, train_accuracy = _running_means(position, accelerator)
             saver.preempt(run, position, _mid_epoch_metrics(run, position, train_loss, train_accuracy))
+        asked = time.perf_counter()
         inputs, labels = next(batches, (None, None))
+        waited += time.perf_counter() - asked  # the model idles while the loader works: data_wait_s
         if inputs is None:
             break
         inputs, labels = to_device(inputs, accelerator.device), labels.to(accelerator.device)
@@ -397,7 +406,7 @@ def _train_epoch(job, run: Run, splits, position: Position, accelerator, loss_fn
         run.optimizer.zero_grad(set_to_none=True)
     means = _running_means(position, accelerator)
     position.sums = [0.0, 0.0, 0.0]
-    return (*means, seen * accelerator.num_processes)
+    return (*means, seen * accelerator.num_processes, waited)
 
 
 def _mid_epoch_metrics(run: Run, position: Position, train_loss: float, train_accuracy: float) -> dict:
