@@ -119,8 +119,10 @@ OPERATOR_ACCOUNT = f"{RELEASE}-operator"
 def operator_kubeconfig(control_plane, tmp_path_factory) -> Path:
     """`helm install` of the chart (the Deployment never runs: no kubelet), then a kubeconfig
     holding a real token of the operator's ServiceAccount."""
+    # No ClusterTrainingRuntime: a cluster-scoped singleton another release of the chart in the
+    # same session (tests/controllers) may own, and nothing here runs a TrainJob.
     control_plane.helm("install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, "--create-namespace",
-                       "--set", "tests.enabled=false")
+                       "--set", "tests.enabled=false", "--set", "trainingRuntime.enabled=false")
     return control_plane.service_account_kubeconfig(
         RELEASE_NAMESPACE, OPERATOR_ACCOUNT, tmp_path_factory.mktemp("operator-sa") / "kubeconfig")
 

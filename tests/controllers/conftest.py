@@ -58,6 +58,12 @@ def pytest_runtest_makereport(item, call):
     if report.failed and _RUNNING:
         tails = "\n".join(running.tails() for running in _RUNNING)
         report.sections.append(("controller logs (tail)", tails))
+    node = item.funcargs.get("node") if report.failed else None
+    if node is not None:  # what the pods the stand-in ran printed last
+        logs = sorted(node.workdir.glob("pods/*/*/*.log"))
+        report.sections.append(("pod logs (tail)", "\n".join(
+            f"----- {log.relative_to(node.workdir)} -----\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            for log in logs[-8:])))
 
 
 @pytest.fixture(scope="package")

@@ -324,7 +324,7 @@ class ControlPlane:
         env = {**os.environ, "KUBECONFIG": str(kubeconfig or self.kubeconfig),
                "HELM_CACHE_HOME": str(self.workdir / "helm"), "HELM_CONFIG_HOME": str(self.workdir / "helm"),
                "HELM_DATA_HOME": str(self.workdir / "helm")}
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=180, input=input, env=env)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=600, input=input, env=env)
         if check and result.returncode != 0:
             raise AssertionError(f"{Path(argv[0]).name} {' '.join(argv[1:])} failed ({result.returncode}):\n"
                                  f"{result.stderr}")
