@@ -61,6 +61,25 @@ def test_two_rank_ddp_keeps_replicas_identical_and_loss_falls(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
+def test_one_rank_under_torchrun_trains_as_without_a_launcher(tmp_path):
+    """torchrun with 1 process starts a process group, yet the loop trains the bare model (DDP
+    over one rank only copies gradients); the results must not depend on the launcher."""
+    for name, launcher in (("launched", [TORCHRUN, "--standalone", "--nproc_per_node", "1"]), ("direct", [PYTHON])):
+        spec = write_spec(digits_doc(tmp_path / name), tmp_path / f"{name}.yaml")
+        result = subprocess.run([*launcher, "-m", "graft_trainer", str(spec)],
+                                cwd=REPO, env=trainer_env(), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    weights = [load_file(steps(tmp_path / name / "out" / "checkpoints")[0] / "model.safetensors")
+               for name in ("launched", "direct")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "weights depend on the launcher"
+    strip = lambda name: [{k: v for k, v in json.loads(x).items() if k not in ("elapsed_s", "train_s", "data_wait_s")}
+                          for x in (tmp_path / name / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert strip("launched") == strip("direct")
+
+
+@pytest.mark.slow
 @pytest.mark.faults
 def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path):
     """Tolerance: bitwise. Same process count and threads, so every op replays exactly."""

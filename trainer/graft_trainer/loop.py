@@ -338,7 +338,7 @@ def _enter_stage(job: FineTuneJob, stage: strategies.Stage, model, accelerator, 
     )
     accelerator.free_memory()
     if accelerator.num_processes == 1:  # torchrun with 1 process: Accelerate would wrap DDP over one
-        # rank, copying every gradient through its buckets each step (+16 % per step, bench_loop.py)
+        # rank, copying every gradient through its buckets each step (+15 % per step, bench_loop.py)
         wrapped = accelerator.prepare_model(model, evaluation_mode=True)  # placement, precision, no DDP
         return Run(stage, wrapped, accelerator.prepare_optimizer(optimizer), scheduler)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
