@@ -45,6 +45,7 @@ from kubernetes.client.exceptions import ApiException
 
 NODE_NAME = "graft-node-standin"
 VENV_BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
 RESTART_BACKOFF_S = 1.0
 
 
@@ -214,6 +215,12 @@ class NodeStandIn:
             inside = f"{q(overlay)}/root{q(target)}"
             make = f"mkdir -p {inside}" if source.is_dir() else f"mkdir -p $(dirname {inside}) && touch {inside}"
             mount_lines.append(f"{make} && mount --bind {q(source)} {inside}")
+        # This checkout and its venv stand in for the image: bound last, so a volume mounted
+        # over their path (an emptyDir at /tmp, when the checkout lives under /tmp) cannot
+        # hide the trainer from the container.
+        for folder in sorted({Path(sys.prefix), REPO}, key=lambda p: len(p.parts)):
+            inside = f"{q(overlay)}/root{q(folder)}"
+            mount_lines.append(f"mkdir -p {inside} && mount --bind {q(folder)} {inside}")
         workdir = spec_container.get("workingDir", "/")
         mount_lines.append(f"mkdir -p {q(overlay)}/root{q(workdir)}")
         exports = " ".join(f"{key}={q(value)}" for key, value in env.items())
