@@ -149,6 +149,8 @@ def test_wait_is_woken_by_the_watch_and_makes_no_polling_gets(kube):
 def test_wait_resumes_each_ended_watch_from_its_resource_version(kube, monkeypatch):
     """The server ends every watch after its timeout; the SDK reopens it from the last
     resourceVersion it saw (no relist, no missed transition)."""
+    # Not a mock: the watch timeout the SDK asks the real server for (timeoutSeconds), made 1 s
+    # so the server ends several watches within the test instead of one per 5 minutes.
     monkeypatch.setattr("graft.backends.kubernetes.WATCH_SERVER_TIMEOUT_S", 1)
     submit(kube)
     before = len(sdk_requests(kube))
