@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +23,7 @@ from kubernetes import client, config
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from controlplane.cluster import start_with_crds  # noqa: E402
+from controlplane.cluster import temporary_control_plane  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402
 from tools import wait_for  # noqa: E402
 
@@ -90,17 +89,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=100)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        plane = start_with_crds(Path(tmp) / "plane", CRDS_DIR)
-        try:
-            sdk_config = plane.user_kubeconfig("graft-sdk", "default", Path(tmp) / "sdk.kubeconfig")
-            api = config.new_client_from_config(str(sdk_config))
-            custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
-            floor_s, floor_requests = floor(custom, core, plane, args.jobs)
-            with OperatorProcess(plane.kubeconfig, Path(tmp) / "operator.log"):
-                op_s, op_requests, duplicates = operator_run(custom, plane, args.jobs)
-        finally:
-            plane.stop()
+    with temporary_control_plane(CRDS_DIR) as (plane, tmp):
+        sdk_config = plane.user_kubeconfig("graft-sdk", "default", tmp / "sdk.kubeconfig")
+        api = config.new_client_from_config(str(sdk_config))
+        custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+        floor_s, floor_requests = floor(custom, core, plane, args.jobs)
+        with OperatorProcess(plane.kubeconfig, tmp / "operator.log"):
+            op_s, op_requests, duplicates = operator_run(custom, plane, args.jobs)
     print(f"jobs: {args.jobs} (real kube-apiserver; requests counted by its audit log)")
     print(f"direct creates (floor): {floor_s:.2f} s, {floor_requests / args.jobs:.1f} requests/job")
     print(f"operator reconcile:     {op_s:.2f} s to all children (goal < 10 s), "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,7 @@ from kubernetes import client, config
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from controlplane.cluster import start_with_crds  # noqa: E402
+from controlplane.cluster import temporary_control_plane  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402
 from tools import wait_for  # noqa: E402
 
@@ -41,47 +40,43 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=16)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        plane = start_with_crds(Path(tmp) / "plane", CRDS_DIR)
-        try:
-            sdk_config = plane.user_kubeconfig("graft-sdk", "default", Path(tmp) / "sdk.kubeconfig")
-            api = config.new_client_from_config(str(sdk_config))
-            custom = client.CustomObjectsApi(api)
-            plane.kubectl("create", "namespace", "load")
-            docs = []
-            for i in range(args.jobs):
-                doc = yaml.safe_load(yaml.safe_dump(EXAMPLE))
-                doc["metadata"] = {"name": f"job-{i}", "namespace": "load"}
-                docs.append(doc)
-            with OperatorProcess(plane.kubeconfig, Path(tmp) / "operator.log") as op:
-                before, start = len(plane.requests_by("graft-admin")), time.perf_counter()
-                with ThreadPoolExecutor(args.clients) as pool:
-                    list(pool.map(lambda d: custom.create_namespaced_custom_object(
-                        "graft.dev", "v1alpha1", "load", "finetunejobs", d), docs))
-                applied = time.perf_counter() - start
+    with temporary_control_plane(CRDS_DIR) as (plane, tmp):
+        sdk_config = plane.user_kubeconfig("graft-sdk", "default", tmp / "sdk.kubeconfig")
+        api = config.new_client_from_config(str(sdk_config))
+        custom = client.CustomObjectsApi(api)
+        plane.kubectl("create", "namespace", "load")
+        docs = []
+        for i in range(args.jobs):
+            doc = yaml.safe_load(yaml.safe_dump(EXAMPLE))
+            doc["metadata"] = {"name": f"job-{i}", "namespace": "load"}
+            docs.append(doc)
+        with OperatorProcess(plane.kubeconfig, tmp / "operator.log") as op:
+            before, start = len(plane.requests_by("graft-admin")), time.perf_counter()
+            with ThreadPoolExecutor(args.clients) as pool:
+                list(pool.map(lambda d: custom.create_namespaced_custom_object(
+                    "graft.dev", "v1alpha1", "load", "finetunejobs", d), docs))
+            applied = time.perf_counter() - start
 
-                def kids():
-                    return custom.list_namespaced_custom_object("kubeflow.org", "v1", "load", "pytorchjobs")["items"]
-                wait_for(lambda: len(kids()) >= args.jobs, timeout=1800, interval=1)
-                last_child = time.perf_counter() - start
+            def kids():
+                return custom.list_namespaced_custom_object("kubeflow.org", "v1", "load", "pytorchjobs")["items"]
+            wait_for(lambda: len(kids()) >= args.jobs, timeout=1800, interval=1)
+            last_child = time.perf_counter() - start
 
-                def settled():
-                    jobs = custom.list_namespaced_custom_object("graft.dev", "v1alpha1", "load", "finetunejobs")["items"]
-                    return all((j.get("status") or {}).get("child") for j in jobs)
-                wait_for(settled, timeout=1800, interval=1)
-                all_status = time.perf_counter() - start
-                quiet = len(plane.requests_by("graft-admin"))
-                while True:
-                    time.sleep(3)
-                    now = len(plane.requests_by("graft-admin"))
-                    if now == quiet:
-                        break
-                    quiet = now
-                requests = quiet - before
-                peak = peak_rss_mib(op.proc.pid)
-                names = [c["metadata"]["name"] for c in kids()]
-        finally:
-            plane.stop()
+            def settled():
+                jobs = custom.list_namespaced_custom_object("graft.dev", "v1alpha1", "load", "finetunejobs")["items"]
+                return all((j.get("status") or {}).get("child") for j in jobs)
+            wait_for(settled, timeout=1800, interval=1)
+            all_status = time.perf_counter() - start
+            quiet = len(plane.requests_by("graft-admin"))
+            while True:
+                time.sleep(3)
+                now = len(plane.requests_by("graft-admin"))
+                if now == quiet:
+                    break
+                quiet = now
+            requests = quiet - before
+            peak = peak_rss_mib(op.proc.pid)
+            names = [c["metadata"]["name"] for c in kids()]
     print(f"jobs: {args.jobs} applied by {args.clients} clients in {applied:.1f} s (real kube-apiserver)")
     print(f"time to the last child: {last_child:.1f} s; every status written: {all_status:.1f} s")
     print(f"children: {len(names)}, duplicates: {len(names) - len(set(names))}")

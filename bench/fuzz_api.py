@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "kubernetes_faults")]
 
 from api_fuzz import apply, documents, verdicts  # noqa: E402
-from controlplane.cluster import start_with_crds  # noqa: E402
+from controlplane.cluster import temporary_control_plane  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402
 from tools import wait_for  # noqa: E402
 
@@ -31,30 +30,26 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--examples", type=int, default=1000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        plane = start_with_crds(Path(tmp) / "plane", REPO.parent / "shared" / "crds")
-        try:
-            api = config.new_client_from_config(str(plane.kubeconfig))
-            admin = SimpleNamespace(custom=client.CustomObjectsApi(api), core=client.CoreV1Api(api))
-            plane.kubectl("create", "namespace", "fuzz")
-            stored, refused = [], []
-            with OperatorProcess(plane.kubeconfig, Path(tmp) / "operator.log") as op:
-                started = time.perf_counter()
+    with temporary_control_plane(REPO.parent / "shared" / "crds") as (plane, tmp):
+        api = config.new_client_from_config(str(plane.kubeconfig))
+        admin = SimpleNamespace(custom=client.CustomObjectsApi(api), core=client.CoreV1Api(api))
+        plane.kubectl("create", "namespace", "fuzz")
+        stored, refused = [], []
+        with OperatorProcess(plane.kubeconfig, tmp / "operator.log") as op:
+            started = time.perf_counter()
 
-                @settings(max_examples=args.examples, deadline=None, database=None,
-                          suppress_health_check=list(HealthCheck))
-                @given(document=documents())
-                def send(document):
-                    name = apply(admin, "fuzz", document, len(stored) + len(refused))
-                    (stored if name else refused).append(name)
+            @settings(max_examples=args.examples, deadline=None, database=None,
+                      suppress_health_check=list(HealthCheck))
+            @given(document=documents())
+            def send(document):
+                name = apply(admin, "fuzz", document, len(stored) + len(refused))
+                (stored if name else refused).append(name)
 
-                send()
-                outcome = wait_for(lambda: (lambda v: v if v is not None and len(v) == len(stored) else None)(
-                    verdicts(admin, "fuzz")), timeout=900, interval=2)
-                seconds = time.perf_counter() - started
-                alive = op.proc.poll() is None
-        finally:
-            plane.stop()
+            send()
+            outcome = wait_for(lambda: (lambda v: v if v is not None and len(v) == len(stored) else None)(
+                verdicts(admin, "fuzz")), timeout=900, interval=2)
+            seconds = time.perf_counter() - started
+            alive = op.proc.poll() is None
     failed = sum(v == "failed" for v in outcome.values())
     print(f"{len(stored) + len(refused)} bodies in {seconds:.0f} s: {len(refused)} refused by the API server, "
           f"{failed} marked Failed by the operator naming the field (no child), {len(outcome) - failed} given a "

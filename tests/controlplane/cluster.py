@@ -18,6 +18,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -440,6 +441,18 @@ def start_with_crds(workdir: Path, crds_dir: Path) -> ControlPlane:
         plane.stop()
         raise
     return plane
+
+
+@contextlib.contextmanager
+def temporary_control_plane(crds_dir: Path):
+    """For benchmarks: start_with_crds in a temporary folder, stopped and removed at the end;
+    yields the plane and that folder (for the benchmark's own files)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        plane = start_with_crds(Path(tmp) / "plane", crds_dir)
+        try:
+            yield plane, Path(tmp)
+        finally:
+            plane.stop()
 
 
 @contextlib.contextmanager
