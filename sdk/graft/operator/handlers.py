@@ -102,6 +102,12 @@ def create_children(body: dict[str, Any], memo: kopf.Memo, patch: dict[str, Any]
             "conditions": [st.condition(st.VALID, False, "InvalidSpec", "; ".join(problems))],
         }, "InvalidSpec", str(exc))
         return "invalid"
+    # The phase is booked before the children exist: their first watch event can be handled
+    # before this handler ends, and must find no phase change to announce ahead of "Created".
+    memo.book.apply(key, current, {
+        "phase": current.get("phase") or ("Suspended" if job.spec.suspend else "Pending"),
+        "conditions": [st.condition(st.VALID, True, "SpecValid", "the spec passed validation")],
+    }, patch)
     try:
         created = [memo.kube.create_or_verify(obj, body) for obj in objects]
     except ChildConflict as exc:
@@ -117,12 +123,8 @@ def create_children(body: dict[str, Any], memo: kopf.Memo, patch: dict[str, Any]
     names = " and ".join(f"{o['kind']} {o['metadata']['name']}" for o in objects)
     message = f"created {names}" if all(created) else f"{names} already exist and belong to this job"
     _report(memo, body, patch, key, current, {
-        "phase": current.get("phase") or ("Suspended" if job.spec.suspend else "Pending"),
         "child": {"apiVersion": child["apiVersion"], "kind": child["kind"], "name": child["metadata"]["name"]},
-        "conditions": [
-            st.condition(st.VALID, True, "SpecValid", "the spec passed validation"),
-            st.condition(st.CHILD_CREATED, True, "Created", message),
-        ],
+        "conditions": [st.condition(st.CHILD_CREATED, True, "Created", message)],
     }, "Created" if any(created) else "ChildExists", message, event_type="Normal")
     return "created" if any(created) else "exists"
 
