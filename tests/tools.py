@@ -15,13 +15,14 @@ def venv_tool(name: str) -> str | None:
     return str(local) if local.exists() else shutil.which(name)
 
 
-def wait_for(condition, timeout: float = 60.0, interval: float = 0.05):
-    """Poll `condition()` until it returns something truthy; the value, or AssertionError."""
+def wait_for(condition, timeout: float = 60.0, interval: float = 0.05, explain=None):
+    """Poll `condition()` until it returns something truthy; the value, or AssertionError
+    (with what `explain()` says of the state then, so a timeout in CI can be diagnosed)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
+            raise AssertionError(f"condition not met within {timeout} s" + (f": {explain()}" if explain else ""))
         time.sleep(interval)

@@ -179,6 +179,13 @@ def pod(admin, ns, name, code, policy="OnFailure"):
              "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}]}})
 
 
+def pod_states(admin, ns) -> dict[str, tuple]:
+    """Each pod's phase, node and restarts: what a stuck test needs to say."""
+    return {p.metadata.name: (p.status.phase, p.spec.node_name,
+                              [c.restart_count for c in p.status.container_statuses or []])
+            for p in admin.core.list_namespaced_pod(ns).items}
+
+
 def test_logs_follow_reopens_after_a_container_restart_and_an_api_server_restart(plane, admin, ns, sdk,
                                                                                 fault_node):
     client, _ = sdk
@@ -197,7 +204,9 @@ def test_logs_follow_reopens_after_a_container_restart_and_an_api_server_restart
     pod(admin, ns, master, RESTARTING)
     slow = "import time\nfor i in range(40):\n    print(f'worker line {i}', flush=True); time.sleep(0.25)\n"
     pod(admin, ns, worker, slow, policy="Never")
-    wait_for(lambda: "worker line 5" in " ".join(lines), timeout=60)
+    wait_for(lambda: "worker line 5" in " ".join(lines) or failure, timeout=60,
+             explain=lambda: f"pods {pod_states(admin, ns)}, last lines {lines[-3:]}")
+    assert "error" not in failure, failure  # a follow that failed early says how, not a timeout
     restart_apiserver(plane)  # every open log stream drops; the worker keeps writing
     wait_for(lambda: admin.core.read_namespaced_pod(master, ns).status.phase == "Succeeded", timeout=90)
     wait_for(lambda: admin.core.read_namespaced_pod(worker, ns).status.phase == "Succeeded", timeout=90)
