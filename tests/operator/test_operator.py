@@ -91,7 +91,7 @@ def test_create_makes_configmap_and_child_owned_by_the_job(kube):
         assert refs[0]["kind"] == "FineTuneJob" and refs[0]["controller"] is True
     assert child["spec"] == expected_child["spec"]
     assert configmap["data"] == expected_cm["data"]
-    # the child's own watch event may write Pending first; the create handler adds the child
+    # the create handler's status lands when it returns, a moment after the child exists
     status = status_of(kube, "create-demo", phase="Pending",
                        child={"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": "create-demo"})
     assert status["child"] == {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": "create-demo"}
@@ -253,4 +253,5 @@ def test_spec_change_of_running_job_is_rejected_but_suspend_propagates(kube):
                                                {"spec": {"suspend": True}})
     suspended = wait_for(lambda: pytorchjobs(kube, "change-demo")[0]["spec"]["runPolicy"]["suspend"])
     assert suspended is True
-    assert ("Normal", "Suspended", "PyTorchJob change-demo suspended") in events(kube, "change-demo")
+    # the event follows the child's patch: wait for it rather than race it
+    wait_for(lambda: ("Normal", "Suspended", "PyTorchJob change-demo suspended") in events(kube, "change-demo"))

@@ -110,7 +110,8 @@ def test_submit_makes_the_spec_configmap_and_a_pytorchjob_the_real_crd_accepts(k
         assert sdk_requests(kube)[:1] == [("create", "finetunejobs")]
         assert listed == [f"finetunejob.graft.dev/{NAME}"]
         assert job["metadata"]["ownerReferences"][0]["kind"] == "FineTuneJob"
-        assert any("Created" in line for line in kube.sdk.events(NAME))
+        # the operator posts it just after creating the child submit() waited for
+        wait_for(lambda: any("Created" in line for line in kube.sdk.events(NAME)))
 
 
 def test_invalid_spec_submits_nothing_and_exits_2(kube, tmp_path):
