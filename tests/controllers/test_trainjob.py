@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -120,3 +121,17 @@ def test_rendered_trainjob_becomes_a_jobset_whose_pods_train_to_complete(
                        and items, 60, namespace=namespace, label_selector=f"{JOBSET_LABEL}={name}")
     rank0 = next(p for p in done if p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "0")
     assert "val_accuracy" in rank0["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
+
+
+def test_the_trainers_webhook_refuses_the_torch_env_graft_refuses_to_render(
+        trainer, control_plane, namespace, graft_runtime, tmp_path):
+    """Why `graft render --target trainjob` refuses kubernetes.env naming a PET_* variable: the
+    same TrainJob with one added by hand is denied at admission by the Trainer's own webhook."""
+    document = shared_job("reserved")
+    document["spec"]["kubernetes"]["trainingRuntime"] = graft_runtime
+    trainjob = next(o for o in yaml.safe_load_all(render(tmp_path, document, "trainjob")) if o["kind"] == "TrainJob")
+    trainjob["spec"]["trainer"]["env"].append({"name": "PET_MASTER_PORT", "value": "1234"})
+    refused = control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(trainjob), check=False)
+    assert refused.returncode != 0
+    assert 'admission webhook "validator.trainjob.trainer.kubeflow.org" denied' in refused.stderr
+    assert "must not have reserved envs" in refused.stderr and "PET_MASTER_PORT" in refused.stderr
