@@ -291,8 +291,8 @@ class NodeStandIn:
         one network this stand-in has. Pods created after this one are not in its file."""
         names = {"localhost"}
         domains = [service.metadata.name for service in self.core.list_namespaced_service(namespace).items]
-        domains += [f"{pod.spec.hostname}.{pod.spec.subdomain}" for pod in self.core.list_namespaced_pod(namespace).items
-                    if pod.spec.hostname and pod.spec.subdomain]
+        pods = self.core.list_namespaced_pod(namespace).items
+        domains += [f"{p.spec.hostname}.{p.spec.subdomain}" for p in pods if p.spec.hostname and p.spec.subdomain]
         for name in domains:
             names |= {name, f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"}
         hosts = root / "hosts"

@@ -17,20 +17,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from controlplane.controllers import bound_claim, watch_until  # noqa: E402
-from test_pytorchjob import env_of, render, shared_job  # noqa: E402
+from test_pytorchjob import core, env_of, render, shared_job  # noqa: E402, F401 (core: a fixture)
 
 pytestmark = pytest.mark.controlplane
 
 JOBSET_LABEL = "jobset.sigs.k8s.io/jobset-name"
-COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"  # the job controller's, per pod
 TORCH_PORT = 29500  # the Trainer's torch plugin: every node's container port, and the master's
-
-
-@pytest.fixture
-def core(control_plane):
-    from kubernetes import client, config
-
-    return client.CoreV1Api(config.new_client_from_config(str(control_plane.kubeconfig)))
 
 
 @pytest.fixture
@@ -79,7 +72,7 @@ def test_rendered_trainjob_becomes_a_jobset_whose_pods_train_to_complete(
     # What torchrun will see: the torch plugin's static rendezvous at node 0 of the JobSet.
     env = {item["name"]: item for item in container["env"]}
     assert env["PET_NNODES"]["value"] == "2" and env["PET_NPROC_PER_NODE"]["value"] == "1"
-    assert env["PET_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == COMPLETION_INDEX
+    assert env["PET_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == f"metadata.annotations['{INDEX_ANNOTATION}']"
     assert env["PET_MASTER_ADDR"]["value"] == f"{name}-node-0-0.{name}"
     assert env["PET_MASTER_PORT"]["value"] == str(TORCH_PORT)
     assert env["HOME"]["value"] == "/tmp" and env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]["value"] == "30"
@@ -103,7 +96,7 @@ def test_rendered_trainjob_becomes_a_jobset_whose_pods_train_to_complete(
     # The JobSet controller made the Job and its headless Service; the job controller the pods.
     pods = watch_until(core.list_namespaced_pod, lambda items: len(items) == 2 and items, 120,
                        namespace=namespace, label_selector=f"{JOBSET_LABEL}={name}")
-    by_index = {p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]: p for p in pods}
+    by_index = {p["metadata"]["annotations"][INDEX_ANNOTATION]: p for p in pods}
     assert set(by_index) == {"0", "1"}
     for index, pod in by_index.items():
         assert (pod["spec"]["hostname"], pod["spec"]["subdomain"]) == (f"{name}-node-0-{index}", name)
@@ -119,7 +112,7 @@ def test_rendered_trainjob_becomes_a_jobset_whose_pods_train_to_complete(
     done = watch_until(core.list_namespaced_pod,
                        lambda items: len(items) == 2 and all(p["status"]["phase"] == "Succeeded" for p in items)
                        and items, 60, namespace=namespace, label_selector=f"{JOBSET_LABEL}={name}")
-    rank0 = next(p for p in done if p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "0")
+    rank0 = next(p for p in done if p["metadata"]["annotations"][INDEX_ANNOTATION] == "0")
     assert "val_accuracy" in rank0["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
 
 
