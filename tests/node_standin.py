@@ -7,8 +7,9 @@ What it does, per pod bound to it:
 - a private mount namespace with an overlay of this machine's root as the container's root
   (the "image" is this checkout's venv: its bin folder leads PATH), the pod's volumes mounted
   at their mountPaths (configMap files, emptyDir folders, hostPath, a shared folder per
-  persistentVolumeClaim), `/etc/hosts` naming every Service of the namespace as 127.0.0.1 and
-  `terminationMessagePath` backed by a file it reads after the exit;
+  persistentVolumeClaim), `/etc/hosts` naming every Service of the namespace and every pod's
+  hostname.subdomain as 127.0.0.1 and `terminationMessagePath` backed by a file it reads after
+  the exit;
 - the pod's env (values, fieldRef to metadata/status, configMapKeyRef), command, args and
   workingDir;
 - phase, containerStatuses (running/terminated, exit code, reason, termination message with
@@ -242,8 +243,9 @@ class NodeStandIn:
                   "metadata.uid": meta["uid"], "spec.nodeName": NODE_NAME, "status.podIP": "127.0.0.1",
                   "status.hostIP": "127.0.0.1",
                   "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default")}
-        for key, value in (meta.get("labels") or {}).items():
-            fields[f"metadata.labels['{key}']"] = value
+        for kind in ("labels", "annotations"):
+            for key, value in (meta.get(kind) or {}).items():
+                fields[f"metadata.{kind}['{key}']"] = value
         env = {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin", "HOSTNAME": meta["name"],
                "KUBERNETES_SERVICE_HOST": "127.0.0.1"}
         for item in spec_container.get("env", []):
@@ -284,11 +286,14 @@ class NodeStandIn:
         return found
 
     def _hosts_file(self, namespace: str, root: Path) -> Path:
-        """Every Service of the namespace (and its pods' hostnames) as 127.0.0.1: the one
-        network this stand-in has."""
+        """Every Service of the namespace and every pod name a headless Service gives
+        (hostname.subdomain, as cluster DNS answers for pods that set both) as 127.0.0.1: the
+        one network this stand-in has. Pods created after this one are not in its file."""
         names = {"localhost"}
-        for service in self.core.list_namespaced_service(namespace).items:
-            name = service.metadata.name
+        domains = [service.metadata.name for service in self.core.list_namespaced_service(namespace).items]
+        pods = self.core.list_namespaced_pod(namespace).items
+        domains += [f"{p.spec.hostname}.{p.spec.subdomain}" for p in pods if p.spec.hostname and p.spec.subdomain]
+        for name in domains:
             names |= {name, f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"}
         hosts = root / "hosts"
         hosts.write_text("127.0.0.1 " + " ".join(sorted(names)) + "\n")

@@ -47,7 +47,8 @@ def kuberay(control_plane, tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def trainer(control_plane, tmp_path_factory):
-    """The Kubeflow Trainer v2 controller manager and the JobSet controller (webhooks off)."""
+    """The Kubeflow Trainer v2 controller manager and the JobSet controller (their defaulting
+    and validating webhooks served on loopback)."""
     yield from _start(control_plane, tmp_path_factory, "trainer")
 
 

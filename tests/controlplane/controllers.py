@@ -6,9 +6,12 @@ when missing.
 
 Each runs as its own process with the admin kubeconfig, leader election off, its metrics and
 probe endpoints on their own loopback ports, and a log kept for the test's failure report.
-Webhooks: the training operator's validating webhook is served on loopback and registered with
-`clientConfig.url: https://127.0.0.1:PORT/...` (a serving certificate for 127.0.0.1 signed by
-a CA of our own, put in the Secret its cert rotator manages); the others run with webhooks off.
+Webhooks are served on loopback and registered with `clientConfig.url: https://127.0.0.1:PORT/...`
+(a serving certificate for 127.0.0.1 signed by a CA of our own): the training operator's
+validating webhook (the certificate put in the Secret its cert rotator manages), and the Trainer's
+and JobSet's defaulting and validating webhooks (cert management off in their configuration;
+the webhook configurations are upstream's own, built by kustomize from their modules). KubeRay
+runs with webhooks off.
 
 A controller that fails to build or start raises ControllerError with its log's tail: a loud
 failure, never a skip.
@@ -39,6 +42,8 @@ TRAINING_OPERATOR_SERVICE = "training-operator"
 # process gets its own mount namespace with a folder of ours bound there.
 TRAINING_OPERATOR_CERT_DIR = "/tmp/k8s-webhook-server/serving-certs"
 KNOWN = ("training-operator", "kuberay", "trainer")
+# Controllers a named one needs beside it, started first (build.sh builds them together).
+COMPANIONS = {"trainer": ("jobset",)}
 
 
 class ControllerError(RuntimeError):
@@ -174,7 +179,8 @@ class Controllers:
         self.build_s = time.monotonic() - began
         self.plane.kubectl("create", "namespace", CONTROLLER_NAMESPACE, check=False)
         try:
-            for name in self.names:
+            companions = [companion for name in self.names for companion in COMPANIONS.get(name, ())]
+            for name in companions + self.names:
                 controller = getattr(self, f"_{name.replace('-', '_')}")()
                 self.running[name] = controller
                 controller.start()
@@ -257,6 +263,89 @@ class Controllers:
              f"--health-probe-bind-address=127.0.0.1:{probe}", "--enable-leader-election=false",
              "--log-stdout-encoder=console"],
             self.workdir / "kuberay.log", f"http://127.0.0.1:{probe}/readyz", env=self._env())
+
+    # -- the Kubeflow Trainer v2 controller manager and the JobSet controller ----------------
+    def _jobset(self) -> Controller:
+        """The JobSet controller (JobSets and their pods). Its defaulting webhook is what turns
+        on DNS hostnames (the pods' hostname.subdomain the Trainer's torch env points at), so
+        its webhooks run, on loopback, as upstream registers them."""
+        module = _module_dir("sigs.k8s.io/jobset", _version("JOBSET_VERSION"))
+        self.plane.install_crds(_documents(module / "config/components/crd/bases/jobset.x-k8s.io_jobsets.yaml"))
+        metrics, probe = self._ports()
+        webhook_port = free_port()
+        certs_dir = self.workdir / "jobset-certs"
+        files = _webhook_certificates(certs_dir, f"jobset-webhook-service.{CONTROLLER_NAMESPACE}.svc", "jobset-ca")
+        config = self.workdir / "jobset-config.yaml"
+        config.write_text(_yaml({
+            "apiVersion": "config.jobset.x-k8s.io/v1alpha1", "kind": "Configuration",
+            "internalCertManagement": {"enable": False},
+            "webhook": {"host": "127.0.0.1", "port": webhook_port, "certDir": str(certs_dir)},
+            "metrics": {"certDir": str(certs_dir)},
+        }))
+        self._loopback_webhooks(module / "config/components/webhook", "jobset-", webhook_port, files["ca.crt"])
+        return Controller(
+            "jobset",
+            [str(self.binaries["jobset"]), f"--config={config}", "--leader-elect=false",
+             f"--metrics-bind-address=127.0.0.1:{metrics}", f"--health-probe-bind-address=127.0.0.1:{probe}"],
+            self.workdir / "jobset.log", f"http://127.0.0.1:{probe}/readyz", env=self._env())
+
+    def _trainer(self) -> Controller:
+        """The Trainer controller manager, configured by a Configuration file (cert management
+        and leader election off, every endpoint on loopback). Its webhook server still reads
+        tls.crt/tls.key from $TMPDIR/k8s-webhook-server/serving-certs, so TMPDIR is a folder of
+        ours holding them; its defaulting and validating webhooks are registered on loopback.
+        The TrainJob and ClusterTrainingRuntime CRDs come from ../shared/crds with the session's
+        control plane; TrainingRuntime (all runtime kinds are watched) from the module."""
+        module = _module_dir("github.com/kubeflow/trainer/v2", _version("TRAINER_VERSION"))
+        self.plane.install_crds(_documents(module / "manifests/base/crds/trainer.kubeflow.org_trainingruntimes.yaml"))
+        metrics, probe = self._ports()
+        webhook_port = free_port()
+        temp = self.workdir / "trainer-tmp"
+        files = _webhook_certificates(temp / "k8s-webhook-server" / "serving-certs",
+                                      f"kubeflow-trainer-controller-manager.{CONTROLLER_NAMESPACE}.svc", "trainer-ca")
+        config = self.workdir / "trainer-config.yaml"
+        config.write_text(_yaml({
+            "apiVersion": "config.trainer.kubeflow.org/v1alpha1", "kind": "Configuration",
+            "certManagement": {"enable": False},
+            "leaderElection": {"leaderElect": False},
+            "webhook": {"host": "127.0.0.1", "port": webhook_port},
+            "metrics": {"bindAddress": f"127.0.0.1:{metrics}", "secureServing": False},
+            "health": {"healthProbeBindAddress": f"127.0.0.1:{probe}"},
+        }))
+        self._loopback_webhooks(module / "manifests/base/webhook", "", webhook_port, files["ca.crt"])
+        return Controller(
+            "trainer",
+            [str(self.binaries["trainer"]), f"--config={config}", "--zap-log-level=info"],
+            self.workdir / "trainer.log", f"http://127.0.0.1:{probe}/readyz",
+            env={**self._env(), "TMPDIR": str(temp)})
+
+    def _loopback_webhooks(self, kustomization: Path, prefix: str, port: int, ca: bytes) -> None:
+        """Register upstream's webhook configurations (`kubectl kustomize` of its own folder)
+        with each Service reference replaced by the same path on https://127.0.0.1:PORT, and
+        remove them again when the controllers stop."""
+        import yaml
+
+        built = self.plane.kubectl("kustomize", str(kustomization)).stdout
+        configurations = [document for document in yaml.safe_load_all(built)
+                          if document and document["kind"].endswith("WebhookConfiguration")]
+        for configuration in configurations:
+            configuration["metadata"] = {"name": prefix + configuration["metadata"]["name"]}
+            for hook in configuration["webhooks"]:
+                path = hook["clientConfig"]["service"]["path"]
+                hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}{path}",
+                                        "caBundle": base64.b64encode(ca).decode()}
+        self.plane.kubectl("apply", "-f", "-", input="\n---\n".join(_yaml(c) for c in configurations))
+        for configuration in configurations:
+            kind, name = configuration["kind"].lower(), configuration["metadata"]["name"]
+            self.cleanups.append(lambda kind=kind, name=name: self.plane.kubectl(
+                "delete", kind, name, "--ignore-not-found"))
+
+
+def _documents(path: Path) -> list[dict]:
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return [document for document in yaml.load_all(path.read_text(), Loader=loader) if document]
 
 
 def _version(name: str) -> str:

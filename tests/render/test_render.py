@@ -163,6 +163,14 @@ def test_trainjob_refuses_settings_it_cannot_express(field, value):
         render(parse_spec(doc), "trainjob")
 
 
+def test_trainjob_refuses_env_the_torch_plugin_sets():
+    """The Trainer's webhook refuses these (tests/controllers/test_trainjob.py shows it)."""
+    doc = reference_spec("trainjob").to_document()
+    doc["spec"]["kubernetes"]["env"] = [{"name": "PET_MASTER_PORT", "value": "1234"}]
+    with pytest.raises(RenderError, match=r"kubernetes.env\[0\].name: PET_MASTER_PORT"):
+        render(parse_spec(doc), "trainjob")
+
+
 def test_unknown_target_names_the_choices():
     with pytest.raises(RenderError, match="pytorchjob, rayjob, trainjob"):
         render(reference_spec("pytorchjob"), "mpijob")

@@ -40,6 +40,9 @@ RUNTIME_MOUNTS = [
     {"name": "graft-workspace", "mountPath": WORKDIR},
 ]
 _RUNTIME_VOLUME_NAMES = {v["name"] for v in RUNTIME_VOLUMES}
+# Set by the Trainer's torch plugin for torchrun; its validating webhook refuses a TrainJob whose
+# trainer env sets any of them.
+TORCH_PLUGIN_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
 
 
 def render_trainjob(job: FineTuneJob, owner: Manifest | None = None) -> Manifest:
@@ -110,6 +113,11 @@ def _check_expressible(job: FineTuneJob) -> None:
         f"kubernetes.volumes[{i}].mountPath: {v.mount_path} is a scratch dir of the Graft runtime"
         for i, v in enumerate(k8s.volumes)
         if v.mount_path.rstrip("/") in {"/tmp", WORKDIR}
+    ]
+    problems += [
+        f"kubernetes.env[{i}].name: {var.name} is set by the Trainer's torch plugin"
+        for i, var in enumerate(k8s.env)
+        if var.name in TORCH_PLUGIN_ENV
     ]
     if problems:
         raise RenderError("; ".join(problems) + "; use target pytorchjob or rayjob for these")
