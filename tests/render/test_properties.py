@@ -64,12 +64,13 @@ def kubernetes(draw):
         "serviceAccount": draw(st.one_of(st.none(), label)),
         "priorityClass": draw(st.one_of(st.none(), label)),
         "schedulerName": draw(st.one_of(st.none(), st.sampled_from(["volcano", "scheduler-plugins-scheduler"]))),
-        "backoffLimit": draw(st.integers(0, 10)),
+        # the runtime's values half the time, so TrainJob renders are drawn often too
+        "backoffLimit": draw(st.one_of(st.just(3), st.integers(0, 10))),
         "activeDeadlineSeconds": draw(st.one_of(st.none(), st.integers(1, 10**6))),
         "ttlSecondsAfterFinished": draw(st.one_of(st.none(), st.integers(0, 10**5))),
         "cleanPodPolicy": draw(st.sampled_from(["None", "Running", "All"])),
         "raySubmissionMode": draw(st.sampled_from(["K8sJobMode", "HTTPMode", "SidecarMode"])),
-        "imagePullPolicy": draw(st.sampled_from(["Always", "IfNotPresent", "Never"])),
+        "imagePullPolicy": draw(st.one_of(st.just("IfNotPresent"), st.sampled_from(["Always", "Never"]))),
     }
     if out["schedulerName"] == "volcano" and draw(st.booleans()):
         out["queue"] = draw(label)
@@ -103,6 +104,8 @@ def _trainjob_refusals(job) -> list[str]:
     if job.spec.resources.min_nodes is not None:
         out.append("resources.minNodes/maxNodes")
     out += [f"mountPath: {v.mount_path}" for v in k8s.volumes if v.mount_path in ("/tmp", "/workspace")]
+    out += [f"kubernetes.backoffLimit: {k8s.backoff_limit} differs"] if k8s.backoff_limit != 3 else []
+    out += [f"kubernetes.imagePullPolicy: {k8s.image_pull_policy} differs"] if k8s.image_pull_policy != "IfNotPresent" else []
     return out
 
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from graft.render import JOB_LABEL, RenderError, render
+from graft.render.trainjob import render_training_runtime
 from graft.spec import parse_spec
 from render_specs import TARGETS, reference_spec
 
@@ -154,13 +155,23 @@ def test_trainjob_references_the_runtime_and_sizes_nodes():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("envFromSecrets", ["creds"]), ("priorityClass", "high"), ("schedulerName", "volcano")],
+    [("envFromSecrets", ["creds"]), ("priorityClass", "high"), ("schedulerName", "volcano"),
+     ("backoffLimit", 5), ("imagePullPolicy", "Always")],
 )
 def test_trainjob_refuses_settings_it_cannot_express(field, value):
     doc = reference_spec("trainjob").to_document()
     doc["spec"]["kubernetes"][field] = value
     with pytest.raises(RenderError, match=f"kubernetes.{field}"):
         render(parse_spec(doc), "trainjob")
+
+
+def test_the_runtime_carries_the_per_runtime_settings_a_trainjob_cannot():
+    """A TrainJob cannot set its Job's retries or pull policy: Graft's runtime carries the
+    spec's defaults, so a job that keeps them gets exactly what it asked for."""
+    node_job = render_training_runtime("trainer:1")["spec"]["template"]["spec"]["replicatedJobs"][0]
+    assert node_job["template"]["spec"]["backoffLimit"] == reference_spec("trainjob").spec.kubernetes.backoff_limit
+    container = node_job["template"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["imagePullPolicy"] == reference_spec("trainjob").spec.kubernetes.image_pull_policy
 
 
 def test_trainjob_refuses_env_the_torch_plugin_sets():

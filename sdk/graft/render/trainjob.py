@@ -25,6 +25,7 @@ from graft.render.common import (
 )
 from graft.spec import FineTuneJob
 from graft.spec.contracts import CHILD_KINDS, TERMINATION_LOG
+from graft.spec.models import Kubernetes
 
 CHILD = CHILD_KINDS["trainjob"]
 RUNTIME_KIND = "ClusterTrainingRuntime"
@@ -35,6 +36,13 @@ RUNTIME_VOLUMES = [
     {"name": "graft-tmp", "emptyDir": {}},
     {"name": "graft-workspace", "emptyDir": {}},
 ]
+# Set per runtime, not per TrainJob (v2.3's runtime patches reach only the pod template's
+# volumes, env and placement): the runtime carries the spec's defaults, and a job asking for
+# other values is refused rather than silently given these.
+RUNTIME_SETTINGS = {
+    "backoffLimit": Kubernetes.model_fields["backoff_limit"].default,
+    "imagePullPolicy": Kubernetes.model_fields["image_pull_policy"].default,
+}
 RUNTIME_MOUNTS = [
     {"name": "graft-tmp", "mountPath": "/tmp"},
     {"name": "graft-workspace", "mountPath": WORKDIR},
@@ -114,6 +122,12 @@ def _check_expressible(job: FineTuneJob) -> None:
         for i, v in enumerate(k8s.volumes)
         if v.mount_path.rstrip("/") in {"/tmp", WORKDIR}
     ]
+    asked = {"backoffLimit": k8s.backoff_limit, "imagePullPolicy": k8s.image_pull_policy}
+    problems += [
+        f"kubernetes.{field}: {asked[field]} differs from the Graft runtime's {value} "
+        "(Trainer v2.3 takes it from the runtime, not the TrainJob)"
+        for field, value in RUNTIME_SETTINGS.items() if asked[field] != value
+    ]
     problems += [
         f"kubernetes.env[{i}].name: {var.name} is set by the Trainer's torch plugin"
         for i, var in enumerate(k8s.env)
@@ -128,6 +142,7 @@ def render_training_runtime(image: str, name: str = RUNTIME_NAME) -> Manifest:
     node_container = {
         "name": NODE,
         "image": image,
+        "imagePullPolicy": RUNTIME_SETTINGS["imagePullPolicy"],
         "command": list(TRAINER_COMMAND),
         "workingDir": WORKDIR,
         "volumeMounts": [dict(m) for m in RUNTIME_MOUNTS],
@@ -145,7 +160,7 @@ def render_training_runtime(image: str, name: str = RUNTIME_NAME) -> Manifest:
         "name": NODE,
         "template": {
             "metadata": {"labels": {"trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}},
-            "spec": {"template": {"spec": pod}},
+            "spec": {"backoffLimit": RUNTIME_SETTINGS["backoffLimit"], "template": {"spec": pod}},
         },
     }
     return {
