@@ -123,7 +123,7 @@ def throughput_ratios(tmp: Path, samples: int, size: int, workers: int, rounds: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=3000, help="images for the throughput runs")
+    parser.add_argument("--samples", type=int, default=2000, help="images for the throughput runs")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 160], help="image sides in pixels")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader worker counts")
     parser.add_argument("--rounds", type=int, default=7)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -131,6 +132,17 @@ def test_packed_shards_read_at_member_offsets_give_the_plain_tar_epochs_and_resu
         for start in (1, 17, len(full) - 1):  # a killed run resumes: nothing repeated or skipped
             assert list(indexed.loader(epoch, start)) == full[start:]
     assert not indexed.bad and not fallback.bad
+
+
+def test_packed_shards_uploaded_without_their_members_files_still_stream(tmp_path, caplog):
+    packed = _packed_texts(tmp_path)
+    plain = _as_another_tool_wrote_it(packed, tmp_path / "plain")
+    for members in packed.glob(f"*{SHARD_MEMBERS_SUFFIX}"):
+        members.unlink()  # index.json still names them
+    with caplog.at_level(logging.WARNING, logger="graft.streaming"):
+        epoch = list(text_stream(str(packed), batch_size=7).loader(0))
+    assert epoch == list(text_stream(str(plain), batch_size=7).loader(0))
+    assert f"shards-000000.tar{SHARD_MEMBERS_SUFFIX} is missing" in caplog.text
 
 
 def test_packed_images_come_back_with_their_pixels_and_classes(tmp_path):

@@ -344,10 +344,9 @@ def read_piece(kind: str, piece: Piece) -> Iterator[tuple[str, Any]]:
         yield from _read_arrow(piece)
         return
     with fsspec.open(piece.url, "rb") as f:
-        if kind == "tar" and piece.members:
-            yield from _read_indexed_tar(f, piece)
-        elif kind == "tar":
-            yield from _read_tar(f, piece)
+        if kind == "tar":
+            samples = _member_offsets(piece)
+            yield from _read_tar(f, piece) if samples is None else _read_indexed_tar(f, piece, samples)
         elif kind == "parquet":
             yield from _read_parquet(f, piece)
         else:
@@ -355,13 +354,31 @@ def read_piece(kind: str, piece: Piece) -> Iterator[tuple[str, Any]]:
             yield from _read_lines(kind, text, piece)
 
 
-def _read_indexed_tar(f, piece: Piece) -> Iterator[tuple[str, Any]]:
+def _member_offsets(piece: Piece) -> list | None:
+    """[key, [[extension, data offset, size], ...]] of the piece's samples, from its shard's
+    members file; None (read it as a plain tar) when it has none, or it was not uploaded."""
+    if not piece.members:
+        return None
+    try:
+        with fsspec.open(piece.members, "r") as members_file:
+            return json.load(members_file)["samples"][piece.start:piece.stop]
+    except FileNotFoundError:
+        _warn_missing(piece.members)
+        return None
+
+
+@lru_cache(maxsize=None)
+def _warn_missing(members_url: str) -> None:
+    """Once per file and process: every epoch reads the shard again."""
+    log.warning("%s is missing (not uploaded with its shard?): reading the shard as a plain tar, "
+                "which is slower for small samples", members_url)
+
+
+def _read_indexed_tar(f, piece: Piece, samples: list) -> Iterator[tuple[str, Any]]:
     """Samples of a packed shard, each one seek and one read (from its first member's tar
     header to its last member's end) at the offsets its members file gives. A sample the shard
     no longer holds in full, or whose members' headers do not carry the names the file gives
     (the shard was rewritten), is a bad sample with its key."""
-    with fsspec.open(piece.members, "r") as members_file:
-        samples = json.load(members_file)["samples"][piece.start:piece.stop]
     for key, members in samples:
         start = members[0][1] - tarfile.BLOCKSIZE
         end = members[-1][1] + members[-1][2]
