@@ -6,21 +6,29 @@
    worker count. Three readers: the ImageFolder (baseline); the shards as packed, read at the
    offsets of their members files; the same shards without members files (plain tar
    iteration: shards made by other tools, and every shard before the members files).
-   The machine is shared, so the readers run in interleaved rounds (their order rotates every
-   round); each round gives shards / ImageFolder, and the figure is the median over rounds with
-   a bootstrap 95 % interval (bench_loop's method). Goal: >= 1.2x at 64 px, >= 1.0x at 160 px.
+   Throughput is measured in samples per CPU second of the whole epoch (this process and its
+   DataLoader workers, which are joined at epoch end): on the shared machine other processes
+   stretch wall time by 2-3x at random, CPU time far less. Wall-clock samples/s is printed
+   beside it. The readers run in interleaved rounds (their order rotates every round); each
+   round gives shards / ImageFolder, and the figure is the median over rounds with a bootstrap
+   95 % interval (bench_loop's method). Goal: >= 1.2x at 64 px, >= 1.0x at 160 px.
 2. Time to first batch when the dataset holds 100x the samples one step needs vs 1x, for
    both paths. Streaming plans from index.json and reads one shard, so the ratio should stay
    near 1; the ImageFolder lists (and splits) every file first. Median of --repeats.
 
-Images are generated (random RGB PNGs, N pixels square, imageSize = N).
-Run: .venv/bin/python bench/bench_streaming.py [--sizes 64 160] [--workers 0 2] [--rounds 7]
+Images are generated (random RGB PNGs, N pixels square, imageSize = N). Run with one torch
+thread: DataLoader workers use one anyway, and with 0 workers the main process would otherwise
+spread each image's float ops over every core, which on a busy machine measures thread
+wake-ups (7 ms per op at 160 px here), not reading.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_streaming.py [--sizes 64 160] [--workers 0 2] [--rounds 7]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import statistics
 import tempfile
@@ -62,12 +70,19 @@ def job(fmt: str, location: str, workers: int, size: int):
     })
 
 
-def epoch_throughput(fmt: str, location: str, workers: int, size: int) -> float:
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the joined DataLoader workers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def epoch_throughput(fmt: str, location: str, workers: int, size: int) -> dict[str, float]:
+    """Samples per CPU second and per wall second of one training epoch."""
     splits = build_splits(job(fmt, location, workers, size), rank=0, world_size=1)
-    start, samples = time.perf_counter(), 0
+    wall, cpu, samples = time.perf_counter(), cpu_seconds(), 0
     for _, labels in splits.train.loader(0):
         samples += len(labels)
-    return samples / (time.perf_counter() - start)
+    return {"cpu": samples / (cpu_seconds() - cpu), "wall": samples / (time.perf_counter() - wall)}
 
 
 def first_batch_seconds(fmt: str, location: str, workers: int, size: int, repeats: int) -> float:
@@ -104,7 +119,7 @@ def throughput_ratios(tmp: Path, samples: int, size: int, workers: int, rounds: 
         without_members_files(tmp / f"shards-{size}", tmp / f"plain-{size}")
     readers = {"imagefolder": ("imagefolder", folder), "shards": ("webdataset", tmp / f"shards-{size}"),
                "plain tar": ("webdataset", tmp / f"plain-{size}")}
-    rates: dict[str, list[float]] = {name: [] for name in readers}
+    rates: dict[str, list[dict[str, float]]] = {name: [] for name in readers}
     names = list(readers)
     for round_index in range(rounds):
         shift = round_index % len(names)
@@ -113,12 +128,15 @@ def throughput_ratios(tmp: Path, samples: int, size: int, workers: int, rounds: 
             rates[name].append(epoch_throughput(fmt, str(location), workers, size))
     print(f"throughput, {samples} images {size}x{size}, {workers} workers, batch {BATCH}, {rounds} rounds:")
     for name in names:
-        line = f"  {name:12s} {statistics.median(rates[name]):7.0f} samples/s (median)"
+        line = "  ".join(f"{statistics.median(r[measure] for r in rates[name]):6.0f} per {measure} s"
+                         for measure in ("cpu", "wall"))
         if name != "imagefolder":
-            ratios = [mine / base for mine, base in zip(rates[name], rates["imagefolder"])]
-            median, low, high = median_with_interval(ratios)
-            line += f"   {name}/imagefolder {median:.3f}x [{low:.3f}, {high:.3f}]"
-        print(line, flush=True)
+            for measure in ("cpu", "wall"):
+                ratios = [mine[measure] / base[measure] for mine, base in zip(rates[name], rates["imagefolder"])]
+                median, low, high = median_with_interval(ratios)
+                line += f"  {measure} {median:.3f}x [{low:.3f}, {high:.3f}]"
+        print(f"  {name:12s} {line}", flush=True)
+    print(f"  (ratios: {', '.join(n for n in names[1:])} / imagefolder, median over rounds [bootstrap 95 %])")
 
 
 def main() -> None:

@@ -52,7 +52,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from graft.spec import FineTuneJob, SpecError
-from graft.spec.contracts import DATA_INDEX_FILE
+from graft.spec.contracts import DATA_INDEX_FILE, SHARD_MEMBERS_VERSION
 from graft_trainer.builtin import resolve
 from graft_trainer.data import BadDataError, record_bad
 
@@ -356,15 +356,17 @@ def read_piece(kind: str, piece: Piece) -> Iterator[tuple[str, Any]]:
 
 def _member_offsets(piece: Piece) -> list | None:
     """[key, [[extension, data offset, size], ...]] of the piece's samples, from its shard's
-    members file; None (read it as a plain tar) when it has none, or it was not uploaded."""
+    members file; None (read it as a plain tar) when it has none, it was not uploaded, or a
+    newer `graft data pack` wrote a layout this trainer does not know."""
     if not piece.members:
         return None
     try:
         with fsspec.open(piece.members, "r") as members_file:
-            return json.load(members_file)["samples"][piece.start:piece.stop]
+            document = json.load(members_file)
     except FileNotFoundError:
         _warn_missing(piece.members)
         return None
+    return document["samples"][piece.start:piece.stop] if document.get("v") == SHARD_MEMBERS_VERSION else None
 
 
 @lru_cache(maxsize=None)
