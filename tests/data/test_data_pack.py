@@ -134,15 +134,20 @@ def test_packed_shards_read_at_member_offsets_give_the_plain_tar_epochs_and_resu
     assert not indexed.bad and not fallback.bad
 
 
-def test_packed_shards_uploaded_without_their_members_files_still_stream(tmp_path, caplog):
+@pytest.mark.parametrize("members_file", ["not uploaded", "of a newer layout"])
+def test_packed_shards_whose_members_files_cannot_be_used_stream_as_plain_tars(tmp_path, caplog, members_file):
     packed = _packed_texts(tmp_path)
     plain = _as_another_tool_wrote_it(packed, tmp_path / "plain")
-    for members in packed.glob(f"*{SHARD_MEMBERS_SUFFIX}"):
-        members.unlink()  # index.json still names them
+    for members in packed.glob(f"*{SHARD_MEMBERS_SUFFIX}"):  # index.json still names them
+        if members_file == "not uploaded":
+            members.unlink()
+        else:
+            members.write_text(json.dumps({"v": 99, "samples": [["000000000", [["txt", 0, 1]]]]}))
     with caplog.at_level(logging.WARNING, logger="graft.streaming"):
         epoch = list(text_stream(str(packed), batch_size=7).loader(0))
     assert epoch == list(text_stream(str(plain), batch_size=7).loader(0))
-    assert f"shards-000000.tar{SHARD_MEMBERS_SUFFIX} is missing" in caplog.text
+    missing = f"shards-000000.tar{SHARD_MEMBERS_SUFFIX} is missing"
+    assert (missing in caplog.text) == (members_file == "not uploaded")
 
 
 def test_packed_images_come_back_with_their_pixels_and_classes(tmp_path):
