@@ -86,8 +86,7 @@ def per_round(runs: dict[str, list[dict]], key: str, difference: bool = False) -
     """Median over rounds of ray/local (or ray - local) for `key`, with its 95 % interval."""
     values = [r[key] - l[key] if difference else r[key] / l[key] for l, r in zip(runs["local"], runs["ray"])]
     median, low, high = median_with_interval(values)
-    unit = " s" if difference else "x"
-    return f"{median:+.2f}{unit} [{low:+.2f}, {high:+.2f}]" if difference else f"{median:.3f}{unit} [{low:.3f}, {high:.3f}]"
+    return f"{median:+.2f} s [{low:+.2f}, {high:+.2f}]" if difference else f"{median:.3f}x [{low:.3f}, {high:.3f}]"
 
 
 def main() -> None:
