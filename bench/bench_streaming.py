@@ -2,19 +2,34 @@
 
 1. Throughput: samples/s of one full training epoch through the trainer's real data paths
    (graft_trainer.data map-style ImageFolder vs graft_trainer.streaming shards packed by
-   `graft data pack`), same transforms, same workers. Reported as shards / ImageFolder.
+   `graft data pack`), same decode, same transforms, same workers, at each image size and
+   worker count. Three readers: the ImageFolder (baseline); the shards as packed, read at the
+   offsets of their members files; the same shards without members files (plain tar
+   iteration: shards made by other tools, and every shard before the members files).
+   Throughput is measured in samples per CPU second of the whole epoch (this process and its
+   DataLoader workers, which are joined at epoch end): on the shared machine other processes
+   stretch wall time by 2-3x at random, CPU time far less. Wall-clock samples/s is printed
+   beside it. The readers run in interleaved rounds (their order rotates every round); each
+   round gives shards / ImageFolder, and the figure is the median over rounds with a bootstrap
+   95 % interval (bench_loop's method). Goal: >= 1.2x at 64 px, >= 1.0x at 160 px.
 2. Time to first batch when the dataset holds 100x the samples one step needs vs 1x, for
    both paths. Streaming plans from index.json and reads one shard, so the ratio should stay
-   near 1; the ImageFolder lists (and splits) every file first.
+   near 1; the ImageFolder lists (and splits) every file first. Median of --repeats.
 
-Images are generated (random RGB PNGs, --size pixels square, imageSize = --size). On a busy
-machine the figures move a lot: throughput is the best of --repeats alternating runs, time to
-first batch the median.  Run: .venv/bin/python bench/bench_streaming.py
+Images are generated (random RGB PNGs, N pixels square, imageSize = N). Run with one torch
+thread: DataLoader workers use one anyway, and with 0 workers the main process would otherwise
+spread each image's float ops over every core, which on a busy machine measures thread
+wake-ups (7 ms per op at 160 px here), not reading.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_streaming.py [--sizes 64 160] [--workers 0 2] [--rounds 7]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
+import shutil
 import statistics
 import tempfile
 import time
@@ -23,8 +38,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench_loop import median_with_interval
 from graft.datapack import pack
 from graft.spec import parse_spec
+from graft.spec.contracts import DATA_INDEX_FILE, SHARD_MEMBERS_SUFFIX
 import graft_trainer.streaming as streaming
 from graft_trainer.data import build_splits
 
@@ -53,12 +70,19 @@ def job(fmt: str, location: str, workers: int, size: int):
     })
 
 
-def epoch_throughput(fmt: str, location: str, workers: int, size: int) -> float:
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the joined DataLoader workers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def epoch_throughput(fmt: str, location: str, workers: int, size: int) -> dict[str, float]:
+    """Samples per CPU second and per wall second of one training epoch."""
     splits = build_splits(job(fmt, location, workers, size), rank=0, world_size=1)
-    start, samples = time.perf_counter(), 0
+    wall, cpu, samples = time.perf_counter(), cpu_seconds(), 0
     for _, labels in splits.train.loader(0):
         samples += len(labels)
-    return samples / (time.perf_counter() - start)
+    return {"cpu": samples / (cpu_seconds() - cpu), "wall": samples / (time.perf_counter() - wall)}
 
 
 def first_batch_seconds(fmt: str, location: str, workers: int, size: int, repeats: int) -> float:
@@ -73,27 +97,63 @@ def first_batch_seconds(fmt: str, location: str, workers: int, size: int, repeat
     return statistics.median(timings)
 
 
+def without_members_files(shards: Path, plain: Path) -> Path:
+    """A copy of packed shards as another tool would leave them: tars and index.json only."""
+    plain.mkdir()
+    for tar in shards.glob("*.tar"):
+        shutil.copy(tar, plain / tar.name)
+    index = json.loads((shards / DATA_INDEX_FILE).read_text())
+    for shard in index["shards"]:
+        del shard["members"]
+    (plain / DATA_INDEX_FILE).write_text(json.dumps(index))
+    assert not list(plain.glob(f"*{SHARD_MEMBERS_SUFFIX}"))
+    return plain
+
+
+def throughput_ratios(tmp: Path, samples: int, size: int, workers: int, rounds: int) -> None:
+    """Interleaved rounds of the three readers; prints each one's ratio to the ImageFolder."""
+    folder = tmp / f"folder-{size}"
+    if not folder.exists():
+        write_imagefolder(folder, samples, size)
+        pack(folder, tmp / f"shards-{size}", shard_size="16MB", progress=False)
+        without_members_files(tmp / f"shards-{size}", tmp / f"plain-{size}")
+    readers = {"imagefolder": ("imagefolder", folder), "shards": ("webdataset", tmp / f"shards-{size}"),
+               "plain tar": ("webdataset", tmp / f"plain-{size}")}
+    rates: dict[str, list[dict[str, float]]] = {name: [] for name in readers}
+    names = list(readers)
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            fmt, location = readers[name]
+            rates[name].append(epoch_throughput(fmt, str(location), workers, size))
+    print(f"throughput, {samples} images {size}x{size}, {workers} workers, batch {BATCH}, {rounds} rounds:")
+    for name in names:
+        line = "  ".join(f"{statistics.median(r[measure] for r in rates[name]):6.0f} per {measure} s"
+                         for measure in ("cpu", "wall"))
+        if name != "imagefolder":
+            for measure in ("cpu", "wall"):
+                ratios = [mine[measure] / base[measure] for mine, base in zip(rates[name], rates["imagefolder"])]
+                median, low, high = median_with_interval(ratios)
+                line += f"  {measure} {median:.3f}x [{low:.3f}, {high:.3f}]"
+        print(f"  {name:12s} {line}", flush=True)
+    print(f"  (ratios: {', '.join(n for n in names[1:])} / imagefolder, median over rounds [bootstrap 95 %])")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=4000, help="images for the throughput run")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=2000, help="images for the throughput runs")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 160], help="image sides in pixels")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader worker counts")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=3, help="time-to-first-batch measurements")
     args = parser.parse_args()
-    size, workers = args.size, args.workers
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        folder = write_imagefolder(tmp / "folder", args.samples, size)
-        pack(folder, tmp / "shards", shard_size="16MB", progress=False)
-        rates: dict[str, list[float]] = {"imagefolder": [], "webdataset": []}
-        for _ in range(args.repeats):  # alternate, so background load hits both alike
-            rates["imagefolder"].append(epoch_throughput("imagefolder", str(folder), workers, size))
-            rates["webdataset"].append(epoch_throughput("webdataset", str(tmp / "shards"), workers, size))
-        folder_rate, shard_rate = max(rates["imagefolder"]), max(rates["webdataset"])
-        print(f"throughput ({args.samples} images {size}x{size}, {workers} workers, batch {BATCH}):")
-        print(f"  imagefolder {folder_rate:8.0f} samples/s")
-        print(f"  shards      {shard_rate:8.0f} samples/s   ratio shards/imagefolder = {shard_rate / folder_rate:.2f}")
+        for size in args.sizes:
+            for workers in args.workers:
+                throughput_ratios(tmp, args.samples, size, workers, args.rounds)
 
+        size, workers = args.sizes[0], args.workers[-1]
         small, large = BATCH * 10, BATCH * 10 * 100  # 1x and 100x a 10-step epoch
         timings = {}
         for name, n in (("1x", small), ("100x", large)):
@@ -101,7 +161,7 @@ def main() -> None:
             pack(f, tmp / f"shards-{name}", shard_size="4MB", progress=False)
             timings[name] = (first_batch_seconds("imagefolder", str(f), workers, size, args.repeats),
                              first_batch_seconds("webdataset", str(tmp / f"shards-{name}"), workers, size, args.repeats))
-        print(f"time to first batch (1x = {small} images, 100x = {large}):")
+        print(f"time to first batch ({size} px, {workers} workers; 1x = {small} images, 100x = {large}):")
         for i, label in enumerate(("imagefolder", "shards     ")):
             one, hundred = timings["1x"][i], timings["100x"][i]
             print(f"  {label} 1x {one:6.3f}s  100x {hundred:6.3f}s  ratio 100x/1x = {hundred / one:.2f}")

@@ -391,7 +391,7 @@ def data_pack(
     dst: Annotated[Path, typer.Argument(help="Output directory for the tar shards.")],
     shard_size: Annotated[str, typer.Option(help="Bytes per shard, e.g. 512MB.")] = "1GB",
 ) -> None:
-    """Pack a dataset into webdataset tar shards plus index.json."""
+    """Pack a dataset into webdataset tar shards plus index.json and a members file per shard."""
     from graft.datapack import pack
 
     try:

@@ -9,7 +9,10 @@ batch counts and resume mid-epoch without opening a shard. The WebDataset format
 Samples are shuffled (seeded) before writing, so any contiguous run of samples, e.g. the tail
 a trainer holds out for validation, is a random subset. Image bytes are copied as they are
 (no re-encoding); each sample gets `<key>.cls` (class index) and `<key>.json` (class name and
-where it came from).
+where it came from). Beside each shard, `<shard>.members.json` records where every sample's
+members lie in it (graft.spec.contracts), so the streaming trainer reads a sample with one seek
+and one read instead of parsing three tar headers in Python, which cost a small sample about a
+third of its loading time.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import ByteSize, Field, TypeAdapter, ValidationError
+
+from graft.spec.contracts import DATA_INDEX_FILE, SHARD_MEMBERS_SUFFIX, SHARD_MEMBERS_VERSION
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".pgm", ".tif", ".tiff"}
 SHARD_PATTERN = "shards-{:06d}.tar"
@@ -58,7 +63,8 @@ def pack(
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
-    """Write `dst/shards-000000.tar ...` and `dst/index.json`; return the index.
+    """Write `dst/shards-000000.tar ...` (each with its members file) and `dst/index.json`;
+    return the index.
 
     `src` is an ImageFolder (one sub-directory per class) or a JSONL file with `text_field`
     and `label_field` on every line."""
@@ -88,7 +94,7 @@ def pack(
         "seed": seed,
         "source": str(src),
     }
-    (dst / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+    (dst / DATA_INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
     return index
 
 
@@ -129,43 +135,66 @@ def _write_shards(samples, classes, dst: Path, limit: int, kind: str, progress: 
 
     class_index = {c: i for i, c in enumerate(classes)}
     shards: list[dict] = []
-    tar, written, count, counts = None, 0, 0, {}
+    shard, written = None, 0
     columns = (TextColumn("packing {task.fields[shard]}"), BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn())
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("pack", total=len(samples), shard="")
         for number, sample in enumerate(samples):
-            members = _members(number, sample, class_index[sample.label])
+            key, members = _members(number, sample, class_index[sample.label])
             size = sum(512 + -(-len(data) // 512) * 512 for _, data in members)
-            if tar is None or (count and written + size > limit):
-                if tar is not None:
-                    tar.close()
-                    shards.append(_shard_entry(dst, len(shards), count, counts))
-                name = SHARD_PATTERN.format(len(shards))
-                tar, written, count, counts = tarfile.open(dst / name, "w", format=tarfile.USTAR_FORMAT), 0, 0, {}
-                bar.update(task, shard=name)
-            for member_name, data in members:
-                info = tarfile.TarInfo(member_name)
-                info.size, info.mode, info.mtime = len(data), 0o644, 0  # reproducible shards
-                tar.addfile(info, io.BytesIO(data))
-            written, count = written + size, count + 1
-            counts[sample.label] = counts.get(sample.label, 0) + 1
+            if shard is None or (shard.count and written + size > limit):
+                if shard is not None:
+                    shards.append(shard.close())
+                shard, written = _ShardWriter(dst, SHARD_PATTERN.format(len(shards))), 0
+                bar.update(task, shard=shard.name)
+            shard.add(key, members, sample.label)
+            written += size
             bar.update(task, advance=1)
-        tar.close()
-        shards.append(_shard_entry(dst, len(shards), count, counts))
+        shards.append(shard.close())
     return shards
 
 
-def _members(number: int, sample: _Sample, label: int) -> list[tuple[str, bytes]]:
+class _ShardWriter:
+    """One tar shard being written, and where each sample's members landed in it."""
+
+    def __init__(self, dst: Path, name: str):
+        self.dst, self.name = dst, name
+        self.tar = tarfile.open(dst / name, "w", format=tarfile.USTAR_FORMAT)
+        self.samples: list[list] = []  # [key, [[extension, data offset, size], ...]]
+        self.counts: dict[str, int] = {}
+
+    @property
+    def count(self) -> int:
+        return len(self.samples)
+
+    def add(self, key: str, members: list[tuple[str, bytes]], label: str) -> None:
+        located = []
+        for member_name, data in members:
+            info = tarfile.TarInfo(member_name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0  # reproducible shards
+            self.tar.addfile(info, io.BytesIO(data))
+            data_offset = self.tar.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            located.append([member_name.removeprefix(f"{key}."), data_offset, len(data)])
+        self.samples.append([key, located])
+        self.counts[label] = self.counts.get(label, 0) + 1
+
+    def close(self) -> dict:
+        """Finish the tar and its members file; the shard's entry in index.json."""
+        self.tar.close()
+        members = self.name + SHARD_MEMBERS_SUFFIX
+        (self.dst / members).write_text(json.dumps({"v": SHARD_MEMBERS_VERSION, "samples": self.samples},
+                                                   separators=(",", ":")))
+        return {"name": self.name, "count": self.count, "bytes": (self.dst / self.name).stat().st_size,
+                "classCounts": self.counts, "members": members}
+
+
+def _members(number: int, sample: _Sample, label: int) -> tuple[str, list[tuple[str, bytes]]]:
+    """The sample's key and its tar members (name, bytes)."""
     key = f"{number:09d}"
     meta = json.dumps({"label": sample.label, "origin": sample.origin}).encode()
     if sample.path is not None:
         payload = (f"{key}{sample.path.suffix.lower()}", sample.path.read_bytes())
     else:
         payload = (f"{key}.txt", sample.text.encode("utf-8"))
-    return [payload, (f"{key}.cls", str(label).encode()), (f"{key}.json", meta)]
-
-
-def _shard_entry(dst: Path, number: int, count: int, counts: dict[str, int]) -> dict:
-    name = SHARD_PATTERN.format(number)
-    return {"name": name, "count": count, "bytes": (dst / name).stat().st_size, "classCounts": counts}
+    return key, [payload, (f"{key}.cls", str(label).encode()), (f"{key}.json", meta)]

@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from shardgen import png_bytes, text_stream, to_tensor, write_text_shards
+from shardgen import image_stream, png_bytes, text_stream, to_tensor, write_text_shards
 
 from graft_trainer.data import BadDataError
 from graft_trainer.streaming import (Decoder, Piece, Stream, batches_for, discover,
@@ -145,17 +145,10 @@ def _image_shards(tmp_path, corrupt_keys):
     return root
 
 
-def _image_stream(root):
-    source = discover(str(root), "webdataset")
-    decoder = Decoder("image-classification", "text", "label", "image", ("a", "b"), to_tensor)
-    return Stream(source.kind, source.pieces, ["a", "b"], 4, 0, 0, 1, 2, True, decoder,
-                  lambda xs, ys: (torch.stack(xs), torch.tensor(ys)))
-
-
 def test_corrupt_images_are_skipped_and_logged_with_shard_and_key(tmp_path, caplog):
     root = _image_shards(tmp_path, {"0003", "0007"})
     with caplog.at_level(logging.WARNING, logger="graft.streaming"):
-        batches = list(_image_stream(root).loader(0))
+        batches = list(image_stream(str(root), ["a", "b"]).loader(0))
     assert sum(len(labels) for _, labels in batches) == 8
     assert all(images.shape[1:] == (3, 8, 8) for images, _ in batches)
     logged = caplog.text
@@ -170,7 +163,7 @@ def test_a_truncated_shard_counts_every_sample_it_lost_as_bad(tmp_path):
                                                  "classes": ["a", "b"]}))
     shard = root / "shards-000000.tar"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    stream = _image_stream(root)
+    stream = image_stream(str(root), ["a", "b"])
     batches = list(stream.loader(0))
     assert 0 < len(stream.bad) < 10
     assert sum(len(labels) for _, labels in batches) + len(stream.bad) == 10

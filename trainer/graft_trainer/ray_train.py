@@ -71,7 +71,10 @@ def run(job: FineTuneJob, base_dir: Path | None = None) -> ray.train.Result:
     """
     job = with_absolute_paths(job, base_dir or Path.cwd())
     if not ray.is_initialized():
-        ray.init(address=job.spec.ray.address)
+        # Only matters when Ray starts a cluster here (no address): that cluster ends with this
+        # process, and its dashboard cost ~14 s of start-up and CPU beside the workers
+        # (bench_ray), for nobody to look at. Connecting to a cluster ignores it.
+        ray.init(address=job.spec.ray.address, include_dashboard=False)
     trainer = TorchTrainer(
         train_loop_per_worker=_train_worker,
         train_loop_config={"job": job.to_document()},

@@ -86,6 +86,17 @@ PEER_FAILED_EXIT_CODE = 125  # another rank failed first; its error is the job's
 GRACE_MARGIN_SECONDS = 10
 TERMINATION_LOG_ENV = "GRAFT_TERMINATION_LOG"  # where a local run writes its termination message
 
+# Sharded data: `graft data pack` writes these beside its WebDataset shards, the streaming
+# trainer reads them.
+DATA_INDEX_FILE = "index.json"  # {classes, total, shards: [{name, count, bytes, members?}], ...}
+# Per shard, where each sample's members lie in the tar, so a reader seeks and reads them without
+# parsing tar headers: {"v": 1, "samples": [[key, [[extension, data offset, size], ...]], ...]},
+# samples in tar order, each sample's members contiguous (one 512-byte tar header before each).
+# The shard's entry in DATA_INDEX_FILE names it under "members"; shards without one are read as
+# plain tars.
+SHARD_MEMBERS_SUFFIX = ".members.json"
+SHARD_MEMBERS_VERSION = 1
+
 # Files inside the checkpoint directory, which every node must share.
 COORDINATION_DIR = ".graft"  # per-attempt files the ranks agree and watch each other through
 SHARED_CHECK_FILE = "shared-check"  # rank 0 writes the attempt's nonce; every rank must read it back
