@@ -20,7 +20,7 @@ from kubernetes import client, config
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "kubernetes_faults")]
 
-from api_fuzz import apply, documents, verdicts  # noqa: E402
+from api_fuzz import apply, documents, undecided, verdicts  # noqa: E402
 from controlplane.cluster import temporary_control_plane  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402
 from tools import wait_for  # noqa: E402
@@ -46,8 +46,12 @@ def main() -> None:
                 (stored if name else refused).append(name)
 
             send()
-            outcome = wait_for(lambda: (lambda v: v if v is not None and len(v) == len(stored) else None)(
-                verdicts(admin, "fuzz")), timeout=900, interval=2)
+            try:
+                outcome = wait_for(lambda: (lambda v: v if v is not None and len(v) == len(stored) else None)(
+                    verdicts(admin, "fuzz")), timeout=900, interval=2, explain=lambda: undecided(admin, "fuzz"))
+            except AssertionError:
+                print(op.log_path.read_text()[-6000:])
+                raise
             seconds = time.perf_counter() - started
             alive = op.proc.poll() is None
     failed = sum(v == "failed" for v in outcome.values())

@@ -49,6 +49,16 @@ def graft_refuses(body: dict) -> bool:
     return False
 
 
+def undecided(admin, ns: str, most: int = 5) -> str:
+    """The jobs still waiting for the operator's decision (what a timed-out wait names)."""
+    jobs = admin.custom.list_namespaced_custom_object("graft.dev", "v1alpha1", ns, "finetunejobs")["items"]
+    waiting = [job for job in jobs if (job.get("status") or {}).get("phase") != "Failed"
+               and not (job.get("status") or {}).get("child")]
+    return f"{len(waiting)} undecided, e.g. " + "; ".join(
+        f"{job['metadata']['name']} (Graft refuses: {graft_refuses(job)}, status {job.get('status')}, "
+        f"spec {job.get('spec')})" for job in waiting[:most])
+
+
 def verdicts(admin, ns: str) -> dict[str, str] | None:
     """Each stored job's outcome once the operator has decided all: 'failed' (Failed, the field
     named, no child) or 'child'; None while any is undecided. Asserts the promise."""

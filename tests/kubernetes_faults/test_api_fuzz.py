@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tools import wait_for
 
-from api_fuzz import apply, documents, verdicts
+from api_fuzz import apply, documents, undecided, verdicts
 
 pytestmark = pytest.mark.controlplane
 
@@ -26,7 +26,7 @@ def test_generated_bodies_are_refused_by_the_server_or_decided_by_the_operator(p
 
     send()
     outcome = wait_for(lambda: (lambda v: v if v is not None and len(v) == len(stored) else None)(verdicts(admin, ns)),
-                       timeout=120, interval=0.5)
+                       timeout=120, interval=0.5, explain=lambda: undecided(admin, ns))
     print(f"{len(refused)} refused by the API server, {sum(v == 'failed' for v in outcome.values())} marked Failed "
           f"by the operator, {sum(v == 'child' for v in outcome.values())} given a child")
     assert refused and stored  # both kinds were exercised

@@ -255,3 +255,48 @@ def test_spec_change_of_running_job_is_rejected_but_suspend_propagates(kube):
     assert suspended is True
     # the event follows the child's patch: wait for it rather than race it
     wait_for(lambda: ("Normal", "Suspended", "PyTorchJob change-demo suspended") in events(kube, "change-demo"))
+
+
+def test_a_child_the_api_server_refuses_fails_the_job_with_the_servers_reason(kube, control_plane):
+    """A cluster policy (a real ValidatingAdmissionPolicy, CEL in the API server) refuses
+    PyTorchJobs in this namespace: the same child would be refused on every retry, so the job
+    fails at once, saying what the server said, instead of retrying without a word."""
+    name = f"no-pytorchjobs-{kube.ns}"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {"failurePolicy": "Fail",
+                 "matchConstraints": {"resourceRules": [{"apiGroups": ["kubeflow.org"], "apiVersions": ["v1"],
+                                                         "operations": ["CREATE"], "resources": ["pytorchjobs"]}]},
+                 "validations": [{"expression": "false", "message": "PyTorchJobs are not allowed in this namespace"}]},
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": kube.ns}}}},
+    }
+    control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([policy, binding]))
+    try:
+        # the policy is in force once a direct create is refused (admission caches it)
+        def refused() -> bool:
+            child = render(parse_spec(yaml.safe_load(EXAMPLE.read_text())), "pytorchjob")[1]
+            child["metadata"] = {"name": "probe"}
+            try:
+                kube.custom.create_namespaced_custom_object("kubeflow.org", "v1", kube.ns, "pytorchjobs", child,
+                                                            dry_run="All")
+            except ApiException as exc:
+                return "not allowed in this namespace" in (exc.body or "")
+            return False
+        wait_for(refused)
+        submit(kube, "refused-demo")
+        status = status_of(kube, "refused-demo", phase="Failed")
+        created = condition(status, "ChildCreated")
+        assert created["status"] == "False" and created["reason"] == "ChildRefused"
+        assert "PyTorchJobs are not allowed in this namespace" in status["message"]
+        assert "PyTorchJob" in status["message"] and "refused-demo" in status["message"]
+        assert pytorchjobs(kube, "refused-demo") == []
+        wait_for(lambda: any(t == "Warning" and r == "ChildRefused" for t, r, _ in events(kube, "refused-demo")))
+    finally:
+        control_plane.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name,
+                              "--ignore-not-found")

@@ -17,7 +17,6 @@ RuntimeError with the server's own sentence (exit 1).
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import threading
@@ -675,10 +674,7 @@ def _api_error(exc: ApiException, what: str) -> Exception:
     """An ApiException as the error the CLI maps to its documented exit code, in one line
     naming the object and the cause: 404 -> JobNotFound (3), 422 -> SpecError (2), a transient
     failure that outlived its retries -> ApiUnavailable (1), anything else RuntimeError (1)."""
-    try:  # the server's own sentence (it names the field), not the raw Status JSON
-        message = json.loads(exc.body)["message"]
-    except (TypeError, ValueError, KeyError):
-        message = f"{exc.status} {exc.reason}".strip()
+    message = retry.server_message(exc)
     if exc.status == 404:
         return JobNotFound(f"{what} not found")
     if exc.status == 409:

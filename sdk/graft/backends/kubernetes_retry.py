@@ -9,6 +9,7 @@ long-lived loop (a watch, a log follow) that must reconnect and resets once it i
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -46,6 +47,14 @@ def transient(exc: BaseException) -> bool:
     if isinstance(exc, ApiException):
         return exc.status in TRANSIENT_STATUSES
     return isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
+
+
+def server_message(exc: ApiException) -> str:
+    """The API server's own sentence (it names the field), not the raw Status JSON."""
+    try:
+        return json.loads(exc.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        return f"{exc.status} {exc.reason}".strip()
 
 
 def cause(exc: BaseException) -> str:

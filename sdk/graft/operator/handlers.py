@@ -24,7 +24,7 @@ from graft.backends import kubernetes_retry as retry
 from graft.operator import metrics
 from graft.operator import status as st
 from graft.operator.book import JobKey, StatusBook, Transition
-from graft.operator.kube import CHILD_RESOURCES, FINETUNEJOB, ChildConflict, Kube
+from graft.operator.kube import CHILD_RESOURCES, FINETUNEJOB, ChildConflict, ChildRefused, Kube
 from graft.jobstatus import explain_pending, suspend_patch
 from graft.operator.reconcile import changed_spec_paths, desired_children, job_from_body
 from graft.render import RenderError
@@ -110,11 +110,12 @@ def create_children(body: dict[str, Any], memo: kopf.Memo, patch: dict[str, Any]
     }, patch)
     try:
         created = [memo.kube.create_or_verify(obj, body) for obj in objects]
-    except ChildConflict as exc:
+    except (ChildConflict, ChildRefused) as exc:
+        reason = "NameTaken" if isinstance(exc, ChildConflict) else "ChildRefused"
         _report(memo, body, patch, key, current, {
             "phase": "Failed", "message": str(exc),
-            "conditions": [st.condition(st.CHILD_CREATED, False, "NameTaken", str(exc))],
-        }, "NameTaken", str(exc))
+            "conditions": [st.condition(st.CHILD_CREATED, False, reason, str(exc))],
+        }, reason, str(exc))
         return "rejected"
     for obj, was_created in zip(objects, created):
         if was_created:

@@ -42,6 +42,11 @@ class ChildConflict(RuntimeError):
     """A child's name is taken by an object this FineTuneJob does not own."""
 
 
+class ChildRefused(RuntimeError):
+    """The API server refused a rendered child (its CRD's schema, CEL rules or a webhook):
+    retrying the same object cannot succeed, so the job fails saying why."""
+
+
 class Kube:
     def __init__(self, api: client.ApiClient):
         self.core = client.CoreV1Api(api)
@@ -73,6 +78,10 @@ class Kube:
             self._create(obj)
             return True
         except ApiException as exc:
+            if exc.status in (400, 422):
+                meta = obj["metadata"]
+                raise ChildRefused(f"the API server refused {obj['kind']} {meta['namespace']}/{meta['name']}: "
+                                   f"{retry.server_message(exc)}") from None
             if exc.status != 409:
                 raise
         existing = self._read(obj)
