@@ -33,6 +33,7 @@ pytestmark = [pytest.mark.controlplane, pytest.mark.distributed, pytest.mark.slo
 
 GRAFT = str(Path(sys.executable).parent / "graft")
 TIMEOUT_S = 240
+STEPS_PER_EPOCH = 8  # e2e_job: 64 samples, 2 ranks, batch 4
 
 
 def graft_cli(control_plane, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -161,7 +162,7 @@ def steps_published(checkpoints: Path) -> list[int]:
     return sorted(int(p.name.removeprefix("step-")) for p in checkpoints.glob("step-*"))
 
 
-def kill_training_process(node, namespace: str, pod: str) -> int:
+def kill_training_process(node, namespace: str, pod: str) -> None:
     """kill -9 the rank process under the pod's container. The container's own process is
     torchrun (the stand-in's chroot execs into it); the rank is its graft_trainer child."""
     import psutil
@@ -171,7 +172,6 @@ def kill_training_process(node, namespace: str, pod: str) -> int:
                     timeout=TIMEOUT_S, explain=lambda: [c.cmdline() for c in agent.children()])
     assert len(rank) == 1, [c.cmdline() for c in rank]
     os.kill(rank[0].pid, signal.SIGKILL)
-    return rank[0].pid
 
 
 def test_a_workers_training_process_killed_mid_epoch_restarts_in_its_pod_and_resumes_to_the_same_result(
@@ -186,8 +186,7 @@ def test_a_workers_training_process_killed_mid_epoch_restarts_in_its_pod_and_res
     began = time.monotonic()
     submit("sdk", control_plane, namespace, e2e_job(name))
 
-    steps_per_epoch = 8
-    wait_for(lambda: any(step % steps_per_epoch for step in steps_published(checkpoints)), timeout=TIMEOUT_S,
+    wait_for(lambda: any(step % STEPS_PER_EPOCH for step in steps_published(checkpoints)), timeout=TIMEOUT_S,
              interval=0.02, explain=lambda: steps_published(checkpoints))
     pods_before = {n: p.metadata.uid for n, p in job_pods(core, namespace, name).items()}
     kill_training_process(node, namespace, f"{name}-worker-0")
