@@ -135,26 +135,32 @@ class NodeStandIn:
         }})
 
     # -- pods -----------------------------------------------------------------------------
-    def _watch_pods(self) -> None:
-        seen: set[str] = set()
+    def _watch(self, list_call, handle, **kwargs) -> None:
+        """`handle(event)` for each event of a watch on `list_call` until the stand-in stops,
+        watching again after a dropped stream or an API server restart."""
         while not self._stopping.is_set():
             try:
-                stream = watch.Watch().stream(self.core.list_pod_for_all_namespaces,
-                                              field_selector=f"spec.nodeName={NODE_NAME}", timeout_seconds=30)
-                for event in stream:
-                    pod = event["raw_object"]
-                    uid = pod["metadata"]["uid"]
-                    if event["type"] == "DELETED" or pod["metadata"].get("deletionTimestamp"):
-                        self._spawn(self._delete, pod)
-                    elif uid not in seen:
-                        seen.add(uid)
-                        self._spawn(self._run_pod, pod)
-                        self._write_hosts(pod["metadata"]["namespace"])
+                for event in watch.Watch().stream(list_call, timeout_seconds=30, **kwargs):
+                    handle(event)
                     if self._stopping.is_set():
                         return
             except Exception:  # the API server restarting, a dropped stream: watch again
                 if not self._stopping.wait(1):
                     continue
+
+    def _watch_pods(self) -> None:
+        seen: set[str] = set()
+
+        def handle(event: dict) -> None:
+            pod = event["raw_object"]
+            if event["type"] == "DELETED" or pod["metadata"].get("deletionTimestamp"):
+                self._spawn(self._delete, pod)
+            elif pod["metadata"]["uid"] not in seen:
+                seen.add(pod["metadata"]["uid"])
+                self._spawn(self._run_pod, pod)
+                self._write_hosts(pod["metadata"]["namespace"])
+
+        self._watch(self.core.list_pod_for_all_namespaces, handle, field_selector=f"spec.nodeName={NODE_NAME}")
 
     def _run_pod(self, pod: dict) -> None:
         meta, spec = pod["metadata"], pod["spec"]
@@ -295,15 +301,8 @@ class NodeStandIn:
     def _watch_services(self) -> None:
         """Rewrite a namespace's hosts files whenever one of its Services comes or goes: a
         controller may create a pod before the Service its peers reach it by."""
-        while not self._stopping.is_set():
-            try:
-                for event in watch.Watch().stream(self.core.list_service_for_all_namespaces, timeout_seconds=30):
-                    self._write_hosts(event["object"].metadata.namespace)
-                    if self._stopping.is_set():
-                        return
-            except Exception:  # the API server restarting, a dropped stream: watch again
-                if not self._stopping.wait(1):
-                    continue
+        self._watch(self.core.list_service_for_all_namespaces,
+                    lambda event: self._write_hosts(event["object"].metadata.namespace))
 
     def _write_hosts(self, namespace: str) -> None:
         """Every Service of the namespace and every pod name a headless Service gives
