@@ -8,8 +8,9 @@ What it does, per pod bound to it:
   (the "image" is this checkout's venv: its bin folder leads PATH), the pod's volumes mounted
   at their mountPaths (configMap files, emptyDir folders, hostPath, a shared folder per
   persistentVolumeClaim), `/etc/hosts` naming every Service of the namespace and every pod's
-  hostname.subdomain as 127.0.0.1 and `terminationMessagePath` backed by a file it reads after
-  the exit;
+  hostname.subdomain as 127.0.0.1 (a file bound over it, as the kubelet binds its own, rewritten
+  when Services or pods of the namespace come or go) and `terminationMessagePath` backed by a
+  file it reads after the exit;
 - the pod's env (values, fieldRef to metadata/status, configMapKeyRef), command, args and
   workingDir;
 - phase, containerStatuses (running/terminated, exit code, reason, termination message with
@@ -78,6 +79,7 @@ class NodeStandIn:
         self.capacity = capacity or {"cpu": "64", "memory": "256Gi", "pods": "110", "ephemeral-storage": "100Gi"}
         self.containers: dict[tuple[str, str, str], Container] = {}
         self.pods_run: list[str] = []
+        self._hosts: dict[str, list[Path]] = {}  # namespace -> the hosts files of its pods
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -87,6 +89,7 @@ class NodeStandIn:
         self._serve_logs()
         self._register()
         self._spawn(self._watch_pods)
+        self._spawn(self._watch_services)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -132,25 +135,32 @@ class NodeStandIn:
         }})
 
     # -- pods -----------------------------------------------------------------------------
-    def _watch_pods(self) -> None:
-        seen: set[str] = set()
+    def _watch(self, list_call, handle, **kwargs) -> None:
+        """`handle(event)` for each event of a watch on `list_call` until the stand-in stops,
+        watching again after a dropped stream or an API server restart."""
         while not self._stopping.is_set():
             try:
-                stream = watch.Watch().stream(self.core.list_pod_for_all_namespaces,
-                                              field_selector=f"spec.nodeName={NODE_NAME}", timeout_seconds=30)
-                for event in stream:
-                    pod = event["raw_object"]
-                    uid = pod["metadata"]["uid"]
-                    if event["type"] == "DELETED" or pod["metadata"].get("deletionTimestamp"):
-                        self._spawn(self._delete, pod)
-                    elif uid not in seen:
-                        seen.add(uid)
-                        self._spawn(self._run_pod, pod)
+                for event in watch.Watch().stream(list_call, timeout_seconds=30, **kwargs):
+                    handle(event)
                     if self._stopping.is_set():
                         return
             except Exception:  # the API server restarting, a dropped stream: watch again
                 if not self._stopping.wait(1):
                     continue
+
+    def _watch_pods(self) -> None:
+        seen: set[str] = set()
+
+        def handle(event: dict) -> None:
+            pod = event["raw_object"]
+            if event["type"] == "DELETED" or pod["metadata"].get("deletionTimestamp"):
+                self._spawn(self._delete, pod)
+            elif pod["metadata"]["uid"] not in seen:
+                seen.add(pod["metadata"]["uid"])
+                self._spawn(self._run_pod, pod)
+                self._write_hosts(pod["metadata"]["namespace"])
+
+        self._watch(self.core.list_pod_for_all_namespaces, handle, field_selector=f"spec.nodeName={NODE_NAME}")
 
     def _run_pod(self, pod: dict) -> None:
         meta, spec = pod["metadata"], pod["spec"]
@@ -159,7 +169,10 @@ class NodeStandIn:
         root.mkdir(parents=True, exist_ok=True)
         self.pods_run.append(f"{namespace}/{name}")
         mounts = self._volumes(pod, root)
-        hosts = self._hosts_file(namespace, root)
+        hosts = root / "hosts"
+        with self._lock:
+            self._hosts.setdefault(namespace, []).append(hosts)
+        self._write_hosts(namespace)
         statuses = []
         for spec_container in spec["containers"]:
             container = Container(spec_container["name"], root / f"{spec_container['name']}.log",
@@ -204,7 +217,7 @@ class NodeStandIn:
                        f"mount -t overlay overlay -o lowerdir=/,upperdir={q(overlay)}/upper,"
                        f"workdir={q(overlay)}/work {q(overlay)}/root",
                        f"for d in proc sys dev; do mount --rbind /$d {q(overlay)}/root/$d; done",
-                       f"cp {q(hosts)} {q(overlay)}/root/etc/hosts"]
+                       f"mount --bind {q(hosts)} {q(overlay)}/root/etc/hosts"]
         container.message.write_text("")
         message_path = spec_container.get("terminationMessagePath", "/dev/termination-log")
         binds = [(container.message, message_path)]
@@ -285,19 +298,34 @@ class NodeStandIn:
                 found[name].mkdir(parents=True, exist_ok=True)
         return found
 
-    def _hosts_file(self, namespace: str, root: Path) -> Path:
+    def _watch_services(self) -> None:
+        """Rewrite a namespace's hosts files whenever one of its Services comes or goes: a
+        controller may create a pod before the Service its peers reach it by."""
+        self._watch(self.core.list_service_for_all_namespaces,
+                    lambda event: self._write_hosts(event["object"].metadata.namespace))
+
+    def _write_hosts(self, namespace: str) -> None:
         """Every Service of the namespace and every pod name a headless Service gives
-        (hostname.subdomain, as cluster DNS answers for pods that set both) as 127.0.0.1: the
-        one network this stand-in has. Pods created after this one are not in its file."""
+        (hostname.subdomain, as cluster DNS answers for pods that set both) as 127.0.0.1, the
+        one network this stand-in has, into the hosts file of each of the namespace's pods
+        (written in place: it is bound, by inode, over the containers' /etc/hosts)."""
+        with self._lock:
+            files = list(self._hosts.get(namespace, []))
+        if not files:
+            return
         names = {"localhost"}
         domains = [service.metadata.name for service in self.core.list_namespaced_service(namespace).items]
         pods = self.core.list_namespaced_pod(namespace).items
         domains += [f"{p.spec.hostname}.{p.spec.subdomain}" for p in pods if p.spec.hostname and p.spec.subdomain]
         for name in domains:
             names |= {name, f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"}
-        hosts = root / "hosts"
-        hosts.write_text("127.0.0.1 " + " ".join(sorted(names)) + "\n")
-        return hosts
+        line = ("127.0.0.1 " + " ".join(sorted(names)) + "\n").encode()
+        with self._lock:
+            for hosts in files:
+                hosts.touch()
+                with hosts.open("r+b") as file:  # in place: the whole new line, then the old tail cut
+                    file.write(line)
+                    file.truncate(len(line))
 
     def _report(self, pod: dict, finished: bool = False, waiting: bool = False) -> None:
         meta = pod["metadata"]

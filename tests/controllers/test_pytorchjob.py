@@ -72,8 +72,10 @@ def test_rendered_pytorchjob_becomes_master_and_worker_pods_that_train_to_succee
 
     pods = {p["metadata"]["labels"][REPLICA_LABEL]: p for p in job_pods(core, namespace, name, 2)}
     assert set(pods) == {"master", "worker"}
-    services = {s.metadata.name for s in core.list_namespaced_service(namespace).items}
-    assert {f"{name}-master-0", f"{name}-worker-0"} <= services
+    # The controller makes each replica's Service after its pods: wait for both, not race them.
+    watch_until(core.list_namespaced_service,
+                lambda services: {f"{name}-master-0", f"{name}-worker-0"} <= {s["metadata"]["name"] for s in services},
+                60, namespace=namespace)
 
     # What torchrun in each pod will see: the static rendezvous at the Master's Service.
     for rank, kind in enumerate(("master", "worker")):
