@@ -79,6 +79,9 @@ def verdicts(admin, ns: str) -> dict[str, str] | None:
             assert NAMED.search(status.get("message", "")), f"{name}: {status.get('message')}"
             out[name] = "failed"
         else:
+            # Graft accepts it, so the operator failing it means the server refused the child
+            # Graft rendered: a renderer bug, said at once rather than waited out
+            assert status.get("phase") != "Failed", f"{name}: {status.get('message')}"
             if not status.get("child") or name not in kids:
                 return None
             out[name] = "child"

@@ -136,6 +136,8 @@ def test_unknown_fields_and_bad_values_are_rejected(server_errors, control_plane
         (lambda d: d["spec"]["training"].update(batchsize=8), ".spec.training.batchsize: field not declared"),
         (lambda d: d["spec"]["kubernetes"].update(cleanPodPolicy="Sometimes"), "spec.kubernetes.cleanPodPolicy"),
         (lambda d: d["spec"]["strategy"]["phases"][0].update(unfreeze=1.5), "spec.strategy.phases[0].unfreeze"),
+        # the child would carry it into a pod's limits, which the server refuses: refused at the door
+        (lambda d: d["spec"]["resources"].update(memory="lots"), "spec.resources.memory"),
     ):
         broken = copy.deepcopy(document)
         change(broken)

@@ -45,6 +45,15 @@ def test_bad_specs_fail_naming_the_field(tmp_path, override, field):
         build_model(job, len(splits.classes))
 
 
+def test_resource_quantities_a_pod_could_not_carry_are_refused_naming_the_field(tmp_path):
+    """Caught here (and by the CRD's pattern), not when the API server refuses the child."""
+    for bad in ("16 GB", "lots", "-1", "4\n"):
+        with pytest.raises(SpecError, match=r"spec\.resources\.memory: must be a Kubernetes quantity"):
+            job_of(digits_doc(tmp_path, resources={"memory": bad}))
+    resources = job_of(digits_doc(tmp_path, resources={"cpu": "500m", "memory": "1.5Gi"})).spec.resources
+    assert (resources.cpu, resources.memory) == ("500m", "1.5Gi")
+
+
 def test_cli_rejects_an_invalid_spec_with_exit_code_2_and_one_line_per_problem(tmp_path):
     doc = digits_doc(tmp_path, training={"batchSize": 0, "optimiser": "adamw"})
     result = subprocess.run([PYTHON, "-m", "graft_trainer", str(write_spec(doc, tmp_path / "bad.yaml"))],

@@ -18,6 +18,11 @@ KIND = "FineTuneJob"
 
 # RFC 1123 DNS label: what Kubernetes accepts as an object name and what child objects derive from.
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# A Kubernetes resource quantity as the API server parses one (apimachinery's format), unsigned:
+# pod requests and limits are never negative.
+QUANTITY = re.compile(
+    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
 BACKBONE_PREFIXES = ("torchvision/", "timm/", "hf/")
 
 
@@ -262,14 +267,23 @@ class Resources(Model):
     nodes: PositiveInt = 1
     procs_per_node: PositiveInt = 1
     gpus_per_node: NonNegativeInt = 0
-    cpu: str | None = Field(default=None, examples=["4"], description="Per pod (request = limit).")
-    memory: str | None = Field(default=None, examples=["16Gi"])
+    cpu: str | None = Field(default=None, examples=["4"], description="Per pod (request = limit).",
+                            json_schema_extra={"pattern": QUANTITY.pattern})
+    memory: str | None = Field(default=None, examples=["16Gi"], json_schema_extra={"pattern": QUANTITY.pattern})
     min_nodes: PositiveInt | None = Field(default=None, description="Elastic training lower bound.")
     max_nodes: PositiveInt | None = Field(default=None, description="Elastic training upper bound.")
 
     @property
     def world_size(self) -> int:
         return self.nodes * self.procs_per_node
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, value: str | None) -> str | None:
+        """Refused here, naming the field, not by the API server when the child is created."""
+        if value is not None and not QUANTITY.fullmatch(value):
+            raise ValueError("must be a Kubernetes quantity such as '4', '500m', '16Gi' or '1.5'")
+        return value
 
     @model_validator(mode="after")
     def _elastic_bounds(self) -> Resources:
