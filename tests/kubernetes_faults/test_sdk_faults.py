@@ -20,6 +20,7 @@ from graft.api import Client
 from tools import wait_for
 
 from apifaults import compact_etcd, restart_apiserver
+from node_standin import NODE_NAME
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.faults]
 NAME = "fault-digits"
@@ -171,10 +172,15 @@ RESTARTING = ("import os, sys, time\n"
 
 
 def pod(admin, ns, name, code, policy="OnFailure"):
+    """A pod bound to the node stand-in by nodeName: after the API server restarts and the etcd
+    compaction of the tests before, the kube-scheduler was seen scheduling nothing for over a
+    minute while its informers re-established their watches (a CI failure: both pods Pending,
+    no node), and the scheduler's recovery is not what these tests are about."""
     admin.core.create_namespaced_pod(ns, {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "labels": {"graft.dev/job": NAME, "training.kubeflow.org/job-name": NAME}},
-        "spec": {"restartPolicy": policy, "volumes": [{"name": "scratch", "emptyDir": {}}], "containers": [
+        "spec": {"nodeName": NODE_NAME, "restartPolicy": policy, "volumes": [{"name": "scratch", "emptyDir": {}}],
+                 "containers": [
             {"name": "pytorch", "image": "graft-trainer", "command": [sys.executable, "-c", code],
              "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}]}})
 
