@@ -25,6 +25,13 @@ build() {
   local component="$1" version="$2" ldflags="$3"; shift 3
   local dest="$root/$component-$version"
   [ -d "$dest" ] && return 0
+  # One build of a component and version at a time (sessions or CI jobs may share the cache):
+  # a second run waits here, then finds the first one's result instead of renaming its own
+  # build into it.
+  local lock
+  exec {lock}>"$root/.lock-$component-$version"
+  flock "$lock"
+  if [ -d "$dest" ]; then exec {lock}>&-; return 0; fi
   local out log="$root/build-$component-$version.log"
   out="$(mktemp -d "$root/.build-$component.XXXXXX")"
   step "building $component $version: $* (log: $log)"
@@ -37,6 +44,7 @@ build() {
     exit 1
   fi
   mv "$out" "$dest"
+  exec {lock}>&-
   step "built $component $version in $((SECONDS - began)) s"
 }
 
