@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from graft.render import RenderError, render
+from graft.render.trainjob import RUNTIME_SETTINGS
 from graft.spec import parse_spec
 
 from render_specs import TARGETS
@@ -65,12 +66,12 @@ def kubernetes(draw):
         "priorityClass": draw(st.one_of(st.none(), label)),
         "schedulerName": draw(st.one_of(st.none(), st.sampled_from(["volcano", "scheduler-plugins-scheduler"]))),
         # the runtime's values half the time, so TrainJob renders are drawn often too
-        "backoffLimit": draw(st.one_of(st.just(3), st.integers(0, 10))),
+        "backoffLimit": draw(st.one_of(st.just(RUNTIME_SETTINGS["backoffLimit"]), st.integers(0, 10))),
         "activeDeadlineSeconds": draw(st.one_of(st.none(), st.integers(1, 10**6))),
         "ttlSecondsAfterFinished": draw(st.one_of(st.none(), st.integers(0, 10**5))),
         "cleanPodPolicy": draw(st.sampled_from(["None", "Running", "All"])),
         "raySubmissionMode": draw(st.sampled_from(["K8sJobMode", "HTTPMode", "SidecarMode"])),
-        "imagePullPolicy": draw(st.one_of(st.just("IfNotPresent"), st.sampled_from(["Always", "Never"]))),
+        "imagePullPolicy": draw(st.one_of(st.just(RUNTIME_SETTINGS["imagePullPolicy"]), st.sampled_from(["Always", "Never"]))),
     }
     if out["schedulerName"] == "volcano" and draw(st.booleans()):
         out["queue"] = draw(label)
@@ -104,8 +105,9 @@ def _trainjob_refusals(job) -> list[str]:
     if job.spec.resources.min_nodes is not None:
         out.append("resources.minNodes/maxNodes")
     out += [f"mountPath: {v.mount_path}" for v in k8s.volumes if v.mount_path in ("/tmp", "/workspace")]
-    out += [f"kubernetes.backoffLimit: {k8s.backoff_limit} differs"] if k8s.backoff_limit != 3 else []
-    out += [f"kubernetes.imagePullPolicy: {k8s.image_pull_policy} differs"] if k8s.image_pull_policy != "IfNotPresent" else []
+    asked = {"backoffLimit": k8s.backoff_limit, "imagePullPolicy": k8s.image_pull_policy}
+    out += [f"kubernetes.{field}: {asked[field]} differs" for field, value in RUNTIME_SETTINGS.items()
+            if asked[field] != value]
     return out
 
 
