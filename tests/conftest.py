@@ -111,7 +111,9 @@ def node(control_plane, tmp_path_factory):
 # Graft's operator for every layer that needs one (tests/operator, tests/sdk): the chart
 # installed by the real helm, the operator as a real process with that ServiceAccount's token.
 CHART = REPO / "charts" / "graft"
-RELEASE, RELEASE_NAMESPACE = "graft", "graft-system"
+# Not graft-system: the deploy tests dry-run the kustomize builds into that namespace on the same
+# server, and their Deployment's selector must not meet this release's (immutable) one there.
+RELEASE, RELEASE_NAMESPACE = "graft", "graft-under-test"
 OPERATOR_ACCOUNT = f"{RELEASE}-operator"
 
 

@@ -174,6 +174,14 @@ def kill_training_process(node, namespace: str, pod: str) -> None:
     os.kill(rank[0].pid, signal.SIGKILL)
 
 
+def first_epoch_or_end(control_plane, namespace: str, name: str) -> dict | None:
+    """The FineTuneJob's status once it shows epoch 1's progress or has ended, else None."""
+    status = finetunejob(control_plane, namespace, name).get("status") or {}
+    if status.get("phase") in ("Succeeded", "Failed") or (status.get("progress") or {}).get("epoch") == 1:
+        return status
+    return None
+
+
 def test_a_workers_training_process_killed_mid_epoch_restarts_in_its_pod_and_resumes_to_the_same_result(
         finished, training_operator, graft_operator, node, control_plane, core, namespace):
     """OnFailure (the rendered restartPolicy): the node restarts the containers in place, the
@@ -192,6 +200,13 @@ def test_a_workers_training_process_killed_mid_epoch_restarts_in_its_pod_and_res
     kill_training_process(node, namespace, f"{name}-worker-0")
     published = steps_published(checkpoints)
     assert not (checkpoints.parent / "report.json").exists(), "the job finished before the kill"
+    assert published[-1] < STEPS_PER_EPOCH, f"killed after the first epoch: {published}"
+
+    # The first epoch ends in the restarted containers, and the status shows it while the job
+    # still runs: the operator follows the log of a container restarted in place too.
+    shown = wait_for(lambda: first_epoch_or_end(control_plane, namespace, name), timeout=TIMEOUT_S,
+                     interval=0.2, explain=lambda: finetunejob(control_plane, namespace, name).get("status"))
+    assert shown["phase"] == "Running" and shown["progress"]["summary"] == "1/2 epochs", shown
 
     status = wait_until_finished("sdk", control_plane, namespace, name)["status"]
     wall_s = time.monotonic() - began

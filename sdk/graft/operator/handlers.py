@@ -175,8 +175,13 @@ def mirror_child(body: dict[str, Any], memo: kopf.Memo, finetunejobs: kopf.Index
     """The child's phase, times and conditions, copied into its FineTuneJob's status."""
     parent = _parent(body, finetunejobs)
     if parent is not None:
-        key, seen, _ = parent
-        _apply(memo, key, seen, st.from_child(body), source=f"{body['kind']} {body['metadata']['name']}")
+        key, seen, metric = parent
+        update = st.from_child(body)
+        if update.get("phase") in TERMINAL:
+            # The trainer's final summary lands with the phase, so whoever waits for the phase
+            # reads the final metrics at once (the pod event carrying it may come later).
+            update = {**st.from_summaries(memo.kube.job_pods(key.namespace, key.name), metric), **update}
+        _apply(memo, key, seen, update, source=f"{body['kind']} {body['metadata']['name']}")
 
 
 for _kind, (_group, _version, _plural) in CHILD_RESOURCES.items():
@@ -221,14 +226,24 @@ async def follow_progress(body: dict[str, Any], memo: kopf.Memo, finetunejobs: k
 
 def follow_log_progress(memo: kopf.Memo, parent: tuple[JobKey, dict[str, Any], str], namespace: str, pod: str,
                         container: str | None, halt: threading.Event) -> None:
-    """Follow one pod's log until its container exits, reopening after a drop, a read timeout
-    or an API server restart (capped exponential backoff with jitter), and skipping the lines
-    already read so no progress is published twice or out of order."""
+    """Follow one pod's log until the pod ends, through each run of a container restarted in
+    place, reopening after a drop, a read timeout or an API server restart (capped exponential
+    backoff with jitter), and skipping the lines of a run already read so no progress is
+    published twice or out of order."""
     key, seen, metric = parent
     outage = retry.Outage(f"following the log of pod {namespace}/{pod}", memo.kube.server, float("inf"), stop=halt)
-    read = 0
+    read, following = 0, None
     while not halt.is_set():
         try:
+            live = memo.kube.pod(namespace, pod)
+            if live is None or (live.get("status") or {}).get("phase") in TERMINAL:
+                return
+            run = _running_run(live, container)
+            if run is None:  # between two runs of a container restarted in place
+                outage.failed(ConnectionError("the container is restarting"))
+                continue
+            if run != following:  # a new run writes a new log, read from its first line
+                read, following = 0, run
             for index, line in enumerate(memo.kube.follow_log(namespace, pod, container)):
                 outage.answered()
                 if halt.is_set():
@@ -239,12 +254,10 @@ def follow_log_progress(memo: kopf.Memo, parent: tuple[JobKey, dict[str, Any], s
                 report = st.parse_progress_line(line)
                 if report:
                     _apply(memo, key, seen, st.from_progress(report, metric), source="trainer")
-            # The stream ended: the container exited, unless the server closed it early.
-            live = memo.kube.pod(namespace, pod)
-            statuses = ((live or {}).get("status") or {}).get("containerStatuses") or []
-            if live is None or not any("running" in (c.get("state") or {}) for c in statuses):
-                return
-            outage.failed(ConnectionError("the log stream ended while the container runs"))
+            # The stream ended: the server closed it early, or the container exited; a pod
+            # still Running restarts it in place (restartPolicy OnFailure), and that log is
+            # followed too, after the backoff.
+            outage.failed(ConnectionError("the log stream ended while the pod runs"))
         except ApiException as exc:
             if exc.status == 404:
                 return  # the pod is gone
@@ -253,6 +266,17 @@ def follow_log_progress(memo: kopf.Memo, parent: tuple[JobKey, dict[str, Any], s
             outage.failed(exc)
         except (urllib3.exceptions.HTTPError, ConnectionError, retry.ApiUnavailable) as exc:
             outage.failed(exc)
+
+
+def _running_run(pod: dict[str, Any], container: str | None) -> tuple[int, str] | None:
+    """Which run of the container is running (its restart count and start time), None when
+    none is. A run that ends between this read and opening its log can only make the next
+    run's lines be read twice (merging the same progress again changes nothing), never skipped."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        running = (status.get("state") or {}).get("running")
+        if status.get("name") == container and running is not None:
+            return status.get("restartCount") or 0, str(running.get("startedAt"))
+    return None
 
 
 def _parent(body: dict[str, Any], index: kopf.Index) -> tuple[JobKey, dict[str, Any], str] | None:

@@ -42,15 +42,21 @@ def from_pods(pods: list[dict[str, Any]], pending_why: str | None, metric: str) 
         for pod in pods
         for c in (pod.get("status") or {}).get("containerStatuses") or []
     )
-    update: dict[str, Any] = {"restarts": restarts}
-    for pod in pods:
-        summary = termination_summary(pod)
-        if summary is not None:
-            update.update(from_progress(summary, metric))
+    update: dict[str, Any] = {"restarts": restarts, **from_summaries(pods, metric)}
     if pending_why:
         update["conditions"] = [condition(PODS_READY, False, "PodsPending", pending_why)]
     elif pods:
         update["conditions"] = [condition(PODS_READY, True, "PodsStarted", "no pod is stuck")]
+    return update
+
+
+def from_summaries(pods: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The trainer's final summary (its termination message), from whichever pod carries it."""
+    update: dict[str, Any] = {}
+    for pod in pods:
+        summary = termination_summary(pod)
+        if summary is not None:
+            update.update(from_progress(summary, metric))
     return update
 
 

@@ -149,9 +149,10 @@ OPERATOR_RBAC_RULES: list[dict[str, list[str]]] = [
       for child in CHILD_KINDS.values()),
     # the spec ConfigMap: create, read back on 409.
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create"]},
-    # pods: watch + list for restarts/why/final summary; logs for graft-progress lines; patch for
-    # the progress daemon kopf runs per rank-0 pod (it keeps its state in the pod's annotations).
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "patch"]},
+    # pods: watch + list for restarts/why/final summary; get for whether a followed log's pod
+    # still runs; logs for graft-progress lines; patch for the progress daemon kopf runs per
+    # rank-0 pod (it keeps its state in the pod's annotations).
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     # Events: ours (kube.Kube.event) and kopf's handler-failure warnings.
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
