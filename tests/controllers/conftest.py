@@ -7,6 +7,7 @@ acting on the objects they write by hand. A failed test prints each controller's
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,8 @@ def pytest_runtest_makereport(item, call):
     if report.failed and _RUNNING:
         tails = "\n".join(running.tails() for running in _RUNNING)
         report.sections.append(("controller logs (tail)", tails))
-    node = item.funcargs.get("node") if report.failed else None
+    cluster = item.funcargs.get("cluster")
+    node = (item.funcargs.get("node") or getattr(cluster, "node", None)) if report.failed else None
     if node is not None:  # what the pods the stand-in ran printed last
         logs = sorted(node.workdir.glob("pods/*/*/*.log"))
         report.sections.append(("pod logs (tail)", "\n".join(
@@ -83,3 +85,28 @@ def graft_operator(control_plane, tmp_path_factory):
             yield running
     finally:
         control_plane.helm("uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, "--wait", check=False)
+
+
+@pytest.fixture(scope="module", params=["local", pytest.param("kind", marks=pytest.mark.kind)])
+def cluster(request):
+    """Where test_finetunejob.py runs: the local control plane with the real training operator,
+    Graft's operator and the node stand-in, or (marker kind, in .github/workflows/e2e-kind.yaml)
+    a kind cluster that tests/e2e/setup-kind.sh prepared. Same tests, different fixture."""
+    from e2e_clusters import KindCluster, LocalCluster
+
+    if request.param == "kind":
+        from graft.spec.models import Kubernetes
+
+        return KindCluster(Kubernetes().image)
+    request.getfixturevalue("training_operator")
+    request.getfixturevalue("graft_operator")
+    return LocalCluster(request.getfixturevalue("control_plane"), request.getfixturevalue("node"))
+
+
+@pytest.fixture
+def cluster_namespace(cluster) -> str:
+    """A fresh namespace per test on `cluster`, deleted after."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

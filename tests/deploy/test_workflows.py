@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,19 @@ def test_ci_workflow_runs_the_ci_script_that_runs_the_readme_test_command():
 def test_e2e_workflow_prepares_kind_with_the_setup_script_then_runs_the_kind_tests():
     runs = "\n".join(step.get("run", "") for step in _steps(REPO / ".github/workflows/e2e-kind.yaml"))
     assert "bash tests/e2e/setup-kind.sh" in runs
-    assert "pytest tests/e2e -m kind" in runs
+    # What the workflow's pytest selects includes the FineTuneJob end-to-end tests this suite runs
+    # on the local control plane, with the kind cluster as their fixture: one copy of each test.
+    command = next(line for line in runs.splitlines() if "pytest" in line)
+    args = [arg for arg in command.split("pytest", 1)[1].split() if arg != "-v"]  # -q lists node ids
+    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *args],
+                               capture_output=True, text=True, cwd=REPO, timeout=300).stdout.splitlines()
+    shared = [line for line in collected if line.startswith("tests/controllers/test_finetunejob.py::")]
+    assert shared and all("kind" in line for line in shared), collected[-20:]
+    local = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not kind",
+                            "tests/controllers/test_finetunejob.py"], capture_output=True, text=True, cwd=REPO,
+                           timeout=300).stdout.splitlines()
+    assert {line.split("::")[1].split("[")[0] for line in shared} == {
+        line.split("::")[1].split("[")[0] for line in local if "::" in line}
     script = (REPO / "tests/e2e/setup-kind.sh").read_text()
     # upstream operators pinned to the versions of the CRDs the schema tests use
     for pin in ('TRAINING_OPERATOR_REF="v1.9.0"', 'TRAINER_REF="v2.3.0"', 'KUBERAY_CHART_VERSION="1.7.0"'):
