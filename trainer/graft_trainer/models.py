@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -115,8 +116,29 @@ def build_model(job: FineTuneJob, num_classes: int) -> GraftModel:
         if isinstance(exc, SpecError):
             raise
         raise SpecError([f"spec.backbone: cannot build '{spec.backbone.name}': {exc}"]) from None
+    if spec.training.precision == "bf16":
+        _strided_convs_smaller_input_in_fp32(backbone)
     head = build_head(feature_dim, spec.head.hidden_sizes, spec.head.dropout, num_classes)
     return GraftModel(backbone, head, _blocks(backbone, family), family)
+
+
+def _strided_convs_smaller_input_in_fp32(backbone: nn.Module) -> None:
+    """Work around a oneDNN bug in torch's CPU bf16 path (seen with torch 2.14.1 on AVX512-BF16
+    CPUs): the weight gradient of a strided convolution whose input is smaller than its kernel
+    (ResNet's last stage on 16 px images) comes back as uninitialised memory, 1e11 or NaN, a
+    different value each run. Those convolutions see a few pixels, so running them in fp32
+    costs nothing measurable; every other op keeps bf16."""
+    for conv in backbone.modules():
+        if isinstance(conv, nn.Conv2d) and max(conv.stride) > 1:
+            conv.forward = partial(_fp32_if_smaller_than_kernel, conv.kernel_size, conv.forward)
+
+
+def _fp32_if_smaller_than_kernel(kernel: tuple[int, int], forward, inputs: torch.Tensor) -> torch.Tensor:
+    height, width = inputs.shape[-2:]
+    if inputs.device.type == "cpu" and torch.is_autocast_enabled("cpu") and (height < kernel[0] or width < kernel[1]):
+        with torch.autocast("cpu", enabled=False):
+            return forward(inputs.float())
+    return forward(inputs)
 
 
 # ------------------------------------------------------------------------------ factories
