@@ -9,6 +9,9 @@ Two workloads, each a full fine-tune in 1 process on CPU:
 The plain loop is what a user writes by hand: the same model (AutoModel / timm + mean pooling
 + Linear), the same tokenizer with dynamic padding (or the same image decode and transforms),
 the same optimizer, the same samples in the same order; no Graft code runs in its steps.
+Graft builds its optimizer with fused kernels; `--baseline-optimizer default` gives the
+baselines torch's default (what a user writes: on CPU a Python loop over every tensor), `fused`
+gives them Graft's kernels too, so the ratio is the loop's own overhead.
 
 Method (the machine is shared, so single runs vary by ±20 %): all runs of a workload happen in
 one process, in interleaved rounds (the order of plain, graft, accelerate rotates every
@@ -22,6 +25,7 @@ process's burst); the figure is the median ratio over rounds with a bootstrap 95
 Goal: median ≤ 1.03×, upper bound ≤ 1.05×.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_loop.py [--workload text cnn] [--rounds 7]
+        [--baseline-optimizer default|fused]
 """
 
 from __future__ import annotations
@@ -155,7 +159,7 @@ def plain_batches(workload: str, job, order: list[int], inputs: list, labels: li
     return DataLoader(items, batch_size=32, shuffle=False, collate_fn=collate)
 
 
-def run_plain(workload: str, job, clock: StepClock, accelerate: bool = False) -> None:
+def run_plain(workload: str, job, clock: StepClock, accelerate: bool = False, fused: bool = False) -> None:
     """A 40-line PyTorch loop (with `accelerate`, the same loop through Accelerate)."""
     import torch
 
@@ -165,7 +169,8 @@ def run_plain(workload: str, job, clock: StepClock, accelerate: bool = False) ->
     splits = build_splits(job, 0, 1)  # only for the sample list and its order: Graft's data is not used
     records = splits.train.dataset.records
     model = plain_model(workload, len(splits.classes))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=WORKLOADS[workload]["lr"], weight_decay=0.01)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=WORKLOADS[workload]["lr"], weight_decay=0.01,
+                                  fused=fused or None)
     batches = plain_batches(workload, job, splits.train.indices(0), records.inputs, records.labels)
     loss_fn = torch.nn.CrossEntropyLoss()
     if accelerate:
@@ -212,7 +217,7 @@ def run_graft(workload: str, job, clock: StepClock) -> None:
         AcceleratorState._reset_state(True)  # the next run in this process starts undistributed
 
 
-def one_run(workload: str, kind: str, limit: int) -> dict:
+def one_run(workload: str, kind: str, limit: int, fused: bool = False) -> dict:
     from graft.spec import parse_spec
 
     job = parse_spec(job_document(workload, tempfile.mkdtemp(prefix=f"bench-loop-{kind}-"), limit))
@@ -220,7 +225,7 @@ def one_run(workload: str, kind: str, limit: int) -> dict:
     if kind == "graft":
         run_graft(workload, job, clock)
     else:
-        run_plain(workload, job, clock, accelerate=kind == "accelerate")
+        run_plain(workload, job, clock, accelerate=kind == "accelerate", fused=fused)
     return {"cpu": statistics.fmean(clock.cpu), "cpu_median": statistics.median(clock.cpu),
             "wall": statistics.fmean(clock.wall), "steps": len(clock.cpu)}
 
@@ -247,11 +252,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the steps per run")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument("--baseline-optimizer", choices=("default", "fused"), default="default",
+                        help="the baselines' AdamW: torch's default implementation, or fused as Graft's")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    print(f"torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}, "
+          f"baseline optimizer {args.baseline_optimizer}", flush=True)
     report = {}
     for workload in args.workload:
         limit = int(WORKLOADS[workload]["limit"] * args.scale)
@@ -260,7 +268,7 @@ def main() -> None:
         for round_index in range(args.rounds):
             shift = round_index % len(args.kinds)
             for kind in args.kinds[shift:] + args.kinds[:shift]:
-                runs[kind].append(one_run(workload, kind, limit))
+                runs[kind].append(one_run(workload, kind, limit, fused=args.baseline_optimizer == "fused"))
                 last = runs[kind][-1]
                 print(f"{workload} round {round_index + 1} {kind:10s}: {last['cpu'] * 1000:7.2f} ms CPU/step, "
                       f"{last['wall'] * 1000:7.2f} ms wall/step ({last['steps']} steps)", flush=True)
