@@ -91,7 +91,7 @@ def test_create_makes_configmap_and_child_owned_by_the_job(kube):
         assert refs[0]["kind"] == "FineTuneJob" and refs[0]["controller"] is True
     assert child["spec"] == expected_child["spec"]
     assert configmap["data"] == expected_cm["data"]
-    # the create handler's status lands when it returns, a moment after the child exists
+    # the create handler writes the status just after it made the child
     status = status_of(kube, "create-demo", phase="Pending",
                        child={"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": "create-demo"})
     assert status["child"] == {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "name": "create-demo"}
@@ -219,10 +219,10 @@ def test_create_handler_twice_never_makes_a_second_child(kube, kube_api):
     stored = status_of(kube, "twice-demo", phase="Pending") and ftj(kube, "twice-demo")
     operator_kube = Kube(kube_api)
     memo = SimpleNamespace(kube=operator_kube, book=StatusBook(operator_kube))
-    patch: dict = {}
-    create_children(body=copy.deepcopy(stored), memo=memo, patch=patch)
+    create_children(body=copy.deepcopy(stored), memo=memo)
     assert len(pytorchjobs(kube, "twice-demo")) == 1
-    assert "already exist and belong to this job" in condition(patch["status"], "ChildCreated")["message"]
+    status = ftj(kube, "twice-demo")["status"]
+    assert "already exist and belong to this job" in condition(status, "ChildCreated")["message"]
 
 
 def test_invalid_spec_fails_with_event_and_no_child(kube):

@@ -2,8 +2,11 @@
 
 Several watch handlers (FineTuneJob, child job, pods, log follower) report facts about the same
 job concurrently. Each fact is merged into the last status this process wrote (or the status
-the FineTuneJob watch last showed), under a per-job lock, and only real changes are patched;
-so handlers never overwrite each other's conditions and replays write nothing.
+the FineTuneJob watch last showed), under a per-job lock, and only real changes are patched,
+at once and inside the lock: so the server sees the writes in the order they were merged,
+handlers never overwrite each other's conditions and replays write nothing. (A status left in
+kopf's handler patch would land only after the handler returned, possibly on top of a newer
+write: a child failing the moment it was created left its FineTuneJob "Pending".)
 
 The book also knows every job's current phase, which the `graft_finetunejobs` gauge exports.
 """
@@ -40,22 +43,17 @@ class StatusBook:
         self._phases: dict[str, str] = {}
 
     def apply(self, key: JobKey, seen: dict[str, Any] | None, update: dict[str, Any],
-              patch: dict[str, Any] | None = None) -> Transition | None:
-        """Merge `update` into the job's status; the phase transition if the phase changed.
-
-        Handlers of the FineTuneJob itself pass kopf's `patch`, so the status lands in the same
-        write as kopf's own bookkeeping; handlers of other objects write it directly.
-        """
+              write: bool = True) -> Transition | None:
+        """Merge `update` into the job's status and write it (or, with `write=False`, only book
+        it for the next write); the phase transition if the phase changed."""
         with self._locks[key.uid]:
             current = self._written.get(key.uid, seen or {})
             merged = st.merge(current, update)
             if merged is None:
                 self._track(key.uid, current)
                 return None
-            if patch is None:
+            if write:
                 self.kube.patch_status(key.namespace, key.name, merged)
-            else:
-                patch["status"] = merged
             self._written[key.uid] = merged
             self._track(key.uid, merged)
         old, new = current.get("phase"), merged.get("phase")

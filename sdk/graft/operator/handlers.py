@@ -85,7 +85,7 @@ def finetunejobs(namespace: str, name: str, uid: str, spec: dict[str, Any],
 @kopf.on.resume(*FINETUNEJOB)
 @kopf.on.create(*FINETUNEJOB)
 @metrics.reconciler
-def create_children(body: dict[str, Any], memo: kopf.Memo, patch: dict[str, Any], **_: Any) -> str:
+def create_children(body: dict[str, Any], memo: kopf.Memo, **_: Any) -> str:
     """Validate, render, create ConfigMap + child (idempotent), and say so in status/events."""
     meta, current = body["metadata"], dict(body.get("status") or {})
     if current.get("phase") in TERMINAL:
@@ -96,7 +96,7 @@ def create_children(body: dict[str, Any], memo: kopf.Memo, patch: dict[str, Any]
         objects = desired_children(body, job)
     except (SpecError, RenderError) as exc:
         problems = getattr(exc, "problems", None) or [str(exc)]
-        _report(memo, body, patch, key, current, {
+        _report(memo, body, key, current, {
             "phase": "Failed",
             "message": "invalid FineTuneJob: " + "; ".join(problems),
             "conditions": [st.condition(st.VALID, False, "InvalidSpec", "; ".join(problems))],
@@ -104,15 +104,16 @@ def create_children(body: dict[str, Any], memo: kopf.Memo, patch: dict[str, Any]
         return "invalid"
     # The phase is booked before the children exist: their first watch event can be handled
     # before this handler ends, and must find no phase change to announce ahead of "Created".
+    # It is written with the "Created" status below (one write, less churn for kopf's watch).
     memo.book.apply(key, current, {
         "phase": current.get("phase") or ("Suspended" if job.spec.suspend else "Pending"),
         "conditions": [st.condition(st.VALID, True, "SpecValid", "the spec passed validation")],
-    }, patch)
+    }, write=False)
     try:
         created = [memo.kube.create_or_verify(obj, body) for obj in objects]
     except (ChildConflict, ChildRefused) as exc:
         reason = "NameTaken" if isinstance(exc, ChildConflict) else "ChildRefused"
-        _report(memo, body, patch, key, current, {
+        _report(memo, body, key, current, {
             "phase": "Failed", "message": str(exc),
             "conditions": [st.condition(st.CHILD_CREATED, False, reason, str(exc))],
         }, reason, str(exc))
@@ -123,7 +124,7 @@ def create_children(body: dict[str, Any], memo: kopf.Memo, patch: dict[str, Any]
     child = objects[-1]
     names = " and ".join(f"{o['kind']} {o['metadata']['name']}" for o in objects)
     message = f"created {names}" if all(created) else f"{names} already exist and belong to this job"
-    _report(memo, body, patch, key, current, {
+    _report(memo, body, key, current, {
         "child": {"apiVersion": child["apiVersion"], "kind": child["kind"], "name": child["metadata"]["name"]},
         "conditions": [st.condition(st.CHILD_CREATED, True, "Created", message)],
     }, "Created" if any(created) else "ChildExists", message, event_type="Normal")
@@ -132,14 +133,13 @@ def create_children(body: dict[str, Any], memo: kopf.Memo, patch: dict[str, Any]
 
 @kopf.on.update(*FINETUNEJOB, field="spec")
 @metrics.reconciler
-def spec_changed(old: Any, new: Any, body: dict[str, Any], memo: kopf.Memo, patch: dict[str, Any],
-                 **_: Any) -> str:
+def spec_changed(old: Any, new: Any, body: dict[str, Any], memo: kopf.Memo, **_: Any) -> str:
     """A running job keeps the spec it started with; only spec.suspend reaches the child."""
     meta, current = body["metadata"], dict(body.get("status") or {})
     child = current.get("child")
     if not child:  # never started (e.g. the spec was invalid): the new spec gets a fresh try
         # the unwrapped handler: this reconcile is counted once, as spec_changed's
-        return create_children.__wrapped__(body=body, memo=memo, patch=patch)
+        return create_children.__wrapped__(body=body, memo=memo)
     key = JobKey(meta["namespace"], meta["name"], meta["uid"])
     paths = changed_spec_paths(old, new)
     rejected = [f"spec.{p}" for p in paths if p != "suspend"]
@@ -149,7 +149,7 @@ def spec_changed(old: Any, new: Any, body: dict[str, Any], memo: kopf.Memo, patc
             "keeps running with the spec it was created from; only spec.suspend can change. "
             "Delete and re-create the FineTuneJob to run with the new spec."
         )
-        _report(memo, body, patch, key, current, {
+        _report(memo, body, key, current, {
             "conditions": [st.condition(st.SPEC_CHANGE_REJECTED, True, "SpecIsImmutable", message)],
         }, "SpecChangeRejected", message)
     if "suspend" in paths:
@@ -296,11 +296,10 @@ def _apply(memo: kopf.Memo, key: JobKey, seen: dict[str, Any], update: dict[str,
         _announce(memo.kube, key, transition, update.get("message") or f"reported by {source}")
 
 
-def _report(memo: kopf.Memo, body: dict[str, Any], patch: dict[str, Any], key: JobKey,
-            current: dict[str, Any], update: dict[str, Any], reason: str, message: str,
-            event_type: str = "Warning") -> None:
-    """Status (via kopf's patch) and the event saying why, so `kubectl describe` shows both."""
-    memo.book.apply(key, current, update, patch)
+def _report(memo: kopf.Memo, body: dict[str, Any], key: JobKey, current: dict[str, Any],
+            update: dict[str, Any], reason: str, message: str, event_type: str = "Warning") -> None:
+    """Status and the event saying why, so `kubectl describe` shows both."""
+    memo.book.apply(key, current, update)
     memo.kube.event(body, event_type, reason, message)
 
 
