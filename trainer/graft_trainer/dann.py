@@ -88,8 +88,8 @@ class TargetDomain:
             return
         width = next(m for m in model.head.modules() if isinstance(m, nn.Linear)).in_features
         self.adversary = domain_classifier(width, self.config.hidden_size).to(accelerator.device)
-        self.optimizer = torch.optim.AdamW(self.adversary.parameters(), weight_decay=job.spec.training.optimizer.weight_decay,
-                                           fused=True)
+        self.optimizer = torch.optim.AdamW(
+            self.adversary.parameters(), weight_decay=job.spec.training.optimizer.weight_decay, fused=True)
         self.train_split = SplitData(RecordDataset(records, transform_train), train=True, **common)
         self.position = [0, 0]  # (target epoch, batches of it consumed): checkpointed, so a resume
         self.batches: Iterator | None = None  # continues the target stream where it stood
