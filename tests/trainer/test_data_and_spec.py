@@ -91,6 +91,26 @@ def test_augmentations_apply_to_training_only(tmp_path):
     assert torch.equal(val_a, val_b)
 
 
+@pytest.mark.parametrize("grayscale_to_rgb, size", [(True, 16), (True, 8), (False, 16)])
+def test_batches_are_normalised_as_torchvisions_per_image_pipeline_would(tmp_path, grayscale_to_rgb, size):
+    """Graft normalises per batch, not per image: the batches must be what a pretrained
+    backbone expects, i.e. what ToImage, Resize, ToDtype and Normalize give image by image."""
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    job = job_of(digits_doc(tmp_path, data={"grayscaleToRgb": grayscale_to_rgb, "imageSize": size}))
+    splits = build_splits(job, 0, 1)
+    mean, std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) if grayscale_to_rgb else ((0.5,), (0.5,))
+    reference = v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True),
+                            v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+    records = splits.validation.dataset.records
+    mode = "RGB" if grayscale_to_rgb else "L"
+    expected = torch.stack([reference(Image.open(path).convert(mode)) for path in records.inputs[:16]])
+    images, _ = next(iter(splits.validation.loader(0)))
+    assert images.dtype == torch.float32 and images.shape == (16, 3 if grayscale_to_rgb else 1, size, size)
+    assert torch.allclose(images, expected, atol=1e-5)
+
+
 def test_balance_sampler_evens_out_a_skewed_csv_manifest(tmp_path):
     """An imbalanced CSV (90 'common' : 10 'rare', written here) is sampled about evenly."""
     rows = [f"word{i},common" for i in range(90)] + [f"odd{i},rare" for i in range(10)]

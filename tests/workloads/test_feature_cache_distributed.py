@@ -36,7 +36,8 @@ def test_two_ranks_fill_the_cache_with_the_single_process_features(source_weight
     for name in ("train", "validation"):
         split = getattr(splits, name)
         stored = torch.load(tmp_path / "cache" / "features" / f"{cache_key(job, name, split)}.pt", weights_only=True)
-        images = torch.stack([split.dataset[i][0] for i in range(len(split.dataset))])  # dataset order
+        samples = [split.dataset[i] for i in range(len(split.dataset))]  # dataset order
+        images, _ = split.collate(*map(list, zip(*samples)))
         with torch.no_grad():
             expected = model.features(images)
         assert torch.allclose(stored, expected, atol=1e-5), name

@@ -486,7 +486,7 @@ class Decoder:
     label_field: str
     image_field: str
     classes: tuple[str, ...]
-    transform: Callable | None = None  # image transform (PIL → CHW float tensor)
+    transform: Callable | None = None  # image transform (PIL → CHW uint8 tensor)
 
     def __call__(self, record: Any) -> tuple[Any, int]:
         if isinstance(record, Exception):
