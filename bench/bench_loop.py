@@ -7,8 +7,9 @@ Two workloads, each a full fine-tune in 1 process on CPU:
   digits at 32 px, linear head, AdamW 1e-3, constant LR, no clipping, batch 32.
 
 The plain loop is what a user writes by hand: the same model (AutoModel / timm + mean pooling
-+ Linear), the same tokenizer with dynamic padding (or the same image decode and transforms),
-the same optimizer, the same samples in the same order; no Graft code runs in its steps.
++ Linear), the same tokenizer with dynamic padding (or the same image decode and transforms, per image
+through torchvision v2 as its reference scripts do, where Graft normalises per batch), the same
+optimizer, the same samples in the same order; no Graft code runs in its steps.
 Graft builds its optimizer with fused kernels; `--baseline-optimizer default` gives the
 baselines torch's default (what a user writes: on CPU a Python loop over every tensor), `fused`
 gives them Graft's kernels too, so the ratio is the loop's own overhead.
