@@ -2,7 +2,8 @@
 
 1. Throughput: samples/s of one full training epoch through the trainer's real data paths
    (graft_trainer.data map-style ImageFolder vs graft_trainer.streaming shards packed by
-   `graft data pack`), same decode, same transforms, same workers, at each image size and
+   `graft data pack`, each batch then normalised by `to_device` as the loop does), same decode,
+   same transforms, same workers, at each image size and
    worker count. Three readers: the ImageFolder (baseline); the shards as packed, read at the
    offsets of their members files; the same shards without members files (plain tar
    iteration: shards made by other tools, and every shard before the members files).
@@ -50,7 +51,7 @@ from graft.datapack import pack
 from graft.spec import parse_spec
 from graft.spec.contracts import DATA_INDEX_FILE, SHARD_MEMBERS_SUFFIX
 import graft_trainer.streaming as streaming
-from graft_trainer.data import build_splits
+from graft_trainer.data import build_splits, to_device
 
 BATCH = 32
 
@@ -100,7 +101,8 @@ def epoch_throughput(fmt: str, location: str, workers: int, size: int, cold: boo
         evict_from_page_cache(Path(location))
     splits = build_splits(job(fmt, location, workers, size), rank=0, world_size=1)
     wall, cpu, samples = time.perf_counter(), cpu_seconds(), 0
-    for _, labels in splits.train.loader(0):
+    for images, labels in splits.train.loader(0):
+        to_device(images, "cpu")  # as the loop receives them: scaled and normalised per batch
         samples += len(labels)
     return {"cpu": samples / (cpu_seconds() - cpu), "wall": samples / (time.perf_counter() - wall)}
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from graft.spec import SpecError, load_spec
-from graft_trainer.data import build_splits
+from graft_trainer.data import build_splits, to_device
 from graft_trainer.models import build_model
 from trainer_jobs import PYTHON, REPO, digits_doc, job_of, text_doc, trainer_env, write_spec
 
@@ -23,7 +23,7 @@ def test_good_image_spec_infers_classes_and_builds_a_matching_model(tmp_path):
     assert splits.classes == ["0", "1", "2", "3", "4"]
     model = build_model(job, len(splits.classes))
     images, labels = next(iter(splits.train.loader(0)))
-    assert images.shape == (16, 3, 16, 16) and model(images).shape == (16, 5)
+    assert images.shape == (16, 3, 16, 16) and model(to_device(images, "cpu")).shape == (16, 5)
     # stratified hold-out: every class is in validation in proportion
     held = Counter(splits.validation.dataset.records.labels)
     assert set(held) == set(range(5)) and all(15 <= n <= 21 for n in held.values())
@@ -93,8 +93,9 @@ def test_augmentations_apply_to_training_only(tmp_path):
 
 @pytest.mark.parametrize("grayscale_to_rgb, size", [(True, 16), (True, 8), (False, 16)])
 def test_batches_are_normalised_as_torchvisions_per_image_pipeline_would(tmp_path, grayscale_to_rgb, size):
-    """Graft normalises per batch, not per image: the batches must be what a pretrained
-    backbone expects, i.e. what ToImage, Resize, ToDtype and Normalize give image by image."""
+    """Images travel as uint8 and are normalised per batch where they land (`to_device`): the
+    model must still get what a pretrained backbone expects, i.e. what ToImage, Resize, ToDtype
+    and Normalize give image by image."""
     from PIL import Image
     from torchvision.transforms import v2
 
@@ -106,8 +107,9 @@ def test_batches_are_normalised_as_torchvisions_per_image_pipeline_would(tmp_pat
     records = splits.validation.dataset.records
     mode = "RGB" if grayscale_to_rgb else "L"
     expected = torch.stack([reference(Image.open(path).convert(mode)) for path in records.inputs[:16]])
-    images, _ = next(iter(splits.validation.loader(0)))
-    assert images.dtype == torch.float32 and images.shape == (16, 3 if grayscale_to_rgb else 1, size, size)
+    batch, _ = next(iter(splits.validation.loader(0)))
+    images = to_device(batch, "cpu")
+    assert batch.dtype == torch.uint8 and images.dtype == torch.float32 and images.shape == (16, 3 if grayscale_to_rgb else 1, size, size)
     assert torch.allclose(images, expected, atol=1e-5)
 
 

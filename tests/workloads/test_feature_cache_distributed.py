@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from workload_jobs import digits_job
-from graft_trainer.data import build_splits
+from graft_trainer.data import build_splits, to_device
 from graft_trainer.feature_cache import cache_key
 from graft_trainer.models import build_model
 
@@ -37,7 +37,7 @@ def test_two_ranks_fill_the_cache_with_the_single_process_features(source_weight
         split = getattr(splits, name)
         stored = torch.load(tmp_path / "cache" / "features" / f"{cache_key(job, name, split)}.pt", weights_only=True)
         samples = [split.dataset[i] for i in range(len(split.dataset))]  # dataset order
-        images, _ = split.collate(*map(list, zip(*samples)))
+        images = to_device(split.collate(*map(list, zip(*samples)))[0], "cpu")
         with torch.no_grad():
             expected = model.features(images)
         assert torch.allclose(stored, expected, atol=1e-5), name

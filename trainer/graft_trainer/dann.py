@@ -26,8 +26,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from graft.spec import DomainAdaptation, FineTuneJob, SpecError
-from graft_trainer.data import Records, RecordDataset, SplitData, Splits, read_records, stream_encoders, to_records
-from graft_trainer.evaluate import evaluate, to_device
+from graft_trainer.data import (Records, RecordDataset, SplitData, Splits, read_records, stream_encoders, to_device,
+                                 to_records)
+from graft_trainer.evaluate import evaluate
 from graft_trainer.models import GraftModel
 
 log = logging.getLogger("graft.dann")

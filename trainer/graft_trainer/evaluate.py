@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from graft_trainer.data import to_device
+
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches, accelerator, num_classes: int, loss_fn) -> dict:
@@ -57,8 +59,3 @@ def metrics_from_confusion(confusion: torch.Tensor) -> dict:
         "confusion": confusion.long().tolist(),
     }
 
-
-def to_device(inputs, device):
-    if isinstance(inputs, dict):
-        return {k: v.to(device) for k, v in inputs.items()}
-    return inputs.to(device)

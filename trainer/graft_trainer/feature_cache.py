@@ -26,8 +26,7 @@ from torch.utils.data import DataLoader, Subset
 from graft.fsutil import atomic_write
 from graft.spec import FineTuneJob
 from graft_trainer.builtin import cache_root, resolve
-from graft_trainer.data import BadDataError, BatchCollate, SplitData, Splits
-from graft_trainer.evaluate import to_device
+from graft_trainer.data import BadDataError, BatchCollate, SplitData, Splits, to_device
 from graft_trainer.models import GraftModel
 
 CHUNK = 1 << 20

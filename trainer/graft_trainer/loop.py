@@ -31,8 +31,8 @@ from graft.spec import FineTuneJob, SpecError
 from graft.spec.contracts import Progress, Summary, progress_line, termination_message
 from graft_trainer import checkpoint, dann, feature_cache, strategies
 from graft_trainer.coordination import CHECKPOINTING, Coordinator, Preempted
-from graft_trainer.data import BadDataError, build_splits, loss_weights, over_limit
-from graft_trainer.evaluate import evaluate, to_device
+from graft_trainer.data import BadDataError, build_splits, loss_weights, over_limit, to_device
+from graft_trainer.evaluate import evaluate
 from graft_trainer.export import export
 from graft_trainer.models import build_model, param_summary
 from graft_trainer.report import Reporter, write_termination_message
