@@ -42,6 +42,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import urllib3
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
@@ -105,7 +106,16 @@ class NodeStandIn:
             pass
 
     def _spawn(self, target, *args) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
+        def run() -> None:
+            try:
+                target(*args)
+            except (ApiException, urllib3.exceptions.HTTPError):
+                if not self._stopping.is_set():
+                    raise
+                # the node is going away with the control plane: a pod's last delete or status
+                # write finds no API server, as a kubelet's would
+
+        thread = threading.Thread(target=run, name=target.__name__, daemon=True)
         self._threads.append(thread)
         thread.start()
 
