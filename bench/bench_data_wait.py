@@ -34,9 +34,10 @@ def run(workers: int, epochs: int, size: int) -> list[dict]:
     spec["data"].update(imageSize=size, numWorkers=workers)
     spec["strategy"]["phases"][0]["epochs"] = epochs
     spec["resources"] = {"procsPerNode": 1}
-    spec["output"] = {"dir": tempfile.mkdtemp(prefix=f"bench-data-wait-{workers}-")}
-    fit(parse_spec(document))
-    lines = (Path(spec["output"]["dir"]) / "metrics.jsonl").read_text().splitlines()
+    with tempfile.TemporaryDirectory(prefix=f"bench-data-wait-{workers}-") as output:
+        spec["output"] = {"dir": output}
+        fit(parse_spec(document))
+        lines = (Path(output) / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
 
 

@@ -221,12 +221,13 @@ def run_graft(workload: str, job, clock: StepClock) -> None:
 def one_run(workload: str, kind: str, limit: int, fused: bool = False) -> dict:
     from graft.spec import parse_spec
 
-    job = parse_spec(job_document(workload, tempfile.mkdtemp(prefix=f"bench-loop-{kind}-"), limit))
     clock = StepClock()
-    if kind == "graft":
-        run_graft(workload, job, clock)
-    else:
-        run_plain(workload, job, clock, accelerate=kind == "accelerate", fused=fused)
+    with tempfile.TemporaryDirectory(prefix=f"bench-loop-{kind}-") as output:  # a MiniLM run writes 430 MB
+        job = parse_spec(job_document(workload, output, limit))
+        if kind == "graft":
+            run_graft(workload, job, clock)
+        else:
+            run_plain(workload, job, clock, accelerate=kind == "accelerate", fused=fused)
     return {"cpu": statistics.fmean(clock.cpu), "cpu_median": statistics.median(clock.cpu),
             "wall": statistics.fmean(clock.wall), "steps": len(clock.cpu)}
 
