@@ -50,8 +50,7 @@ def head_training(spec_job, epochs: int) -> tuple[float, float, int]:
     from accelerate.utils import set_seed
 
     from graft_trainer import feature_cache
-    from graft_trainer.data import build_splits
-    from graft_trainer.data import to_device
+    from graft_trainer.data import build_splits, to_device
     from graft_trainer.evaluate import evaluate
     from graft_trainer.models import build_model
 

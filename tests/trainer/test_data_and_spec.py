@@ -109,7 +109,8 @@ def test_batches_are_normalised_as_torchvisions_per_image_pipeline_would(tmp_pat
     expected = torch.stack([reference(Image.open(path).convert(mode)) for path in records.inputs[:16]])
     batch, _ = next(iter(splits.validation.loader(0)))
     images = to_device(batch, "cpu")
-    assert batch.dtype == torch.uint8 and images.dtype == torch.float32 and images.shape == (16, 3 if grayscale_to_rgb else 1, size, size)
+    assert batch.dtype == torch.uint8 and images.dtype == torch.float32
+    assert images.shape == (16, 3 if grayscale_to_rgb else 1, size, size)
     assert torch.allclose(images, expected, atol=1e-5)
 
 
