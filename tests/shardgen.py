@@ -67,5 +67,7 @@ def stack_collate(images: list[torch.Tensor], labels: list[int]):
     return torch.stack(images), torch.tensor(labels)
 
 
-def to_tensor(image) -> torch.Tensor:
+def to_tensor(data) -> torch.Tensor:
+    """A sample's encoded image member, decoded by PIL (not by Graft's decoder)."""
+    image = data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data))
     return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)

@@ -114,6 +114,71 @@ def test_batches_are_normalised_as_torchvisions_per_image_pipeline_would(tmp_pat
     assert torch.allclose(images, expected, atol=1e-5)
 
 
+def _encoded_images() -> dict[str, bytes]:
+    """The PNG and JPEG flavours users' folders and shards hold, written here from noise and
+    gradients (so JPEG's chroma subsampling has edges to smear)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    ramp = np.add.outer(np.arange(37), np.arange(53))[..., None] * np.array([3, 5, 7])
+    gradient = Image.fromarray((ramp % 256).astype(np.uint8))
+    flavours = {
+        "png RGB": (noise, "PNG", {}), "png RGBA": (noise.convert("RGBA"), "PNG", {}),
+        "png L": (noise.convert("L"), "PNG", {}), "png LA": (noise.convert("LA"), "PNG", {}),
+        "png 1-bit": (noise.convert("1"), "PNG", {}), "png palette": (gradient.convert("P"), "PNG", {}),
+        "png palette+tRNS": (gradient.convert("P"), "PNG", {"transparency": 0}),
+        "png RGB+tRNS": (noise, "PNG", {"transparency": (0, 0, 0)}),
+        "png 16-bit": (Image.fromarray(rng.integers(0, 65535, (37, 53)).astype(np.uint16)), "PNG", {}),
+        "jpeg 4:2:0": (gradient, "JPEG", {"quality": 80}), "jpeg 4:4:4": (noise, "JPEG", {"subsampling": 0}),
+        "jpeg L": (gradient.convert("L"), "JPEG", {}), "jpeg progressive": (gradient, "JPEG", {"progressive": True}),
+        "jpeg CMYK": (gradient.convert("CMYK"), "JPEG", {}),
+    }
+    encoded = {}
+    for name, (image, fmt, options) in flavours.items():
+        buffer = io.BytesIO()
+        image.save(buffer, fmt, **options)
+        encoded[name] = buffer.getvalue()
+    return encoded
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_decoded_images_have_the_pixels_pil_gives(tmp_path, mode):
+    """Graft decodes PNGs and JPEGs with TorchCodec, not PIL: a model trained on PIL-decoded
+    images (every pretrained backbone) must see the same pixels, from a file or from a shard."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from graft_trainer.data import decode_image
+
+    for name, data in _encoded_images().items():
+        pil = torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert(mode)))
+        expected = pil.permute(2, 0, 1) if pil.dim() == 3 else pil.unsqueeze(0)
+        (tmp_path / "image").write_bytes(data)
+        for source in (data, tmp_path / "image"):
+            decoded = decode_image(source, mode)
+            assert decoded.dtype == torch.uint8 and torch.equal(decoded, expected), f"{name} ({mode})"
+
+
+def test_a_truncated_image_file_is_a_bad_sample_named_by_path(tmp_path):
+    folder = tmp_path / "data"
+    for index, (name, data) in enumerate(_encoded_images().items()):
+        (folder / ("cat" if index % 2 else "dog")).mkdir(parents=True, exist_ok=True)
+        (folder / ("cat" if index % 2 else "dog") / f"{index}.{name[:3].replace('jpe', 'jpg')}").write_bytes(data)
+    cut = folder / "dog" / "0.png"
+    cut.write_bytes(cut.read_bytes()[:200])
+    job = job_of(digits_doc(tmp_path, data={"train": str(folder), "validation": str(folder), "maxBadSamples": 1}))
+    splits = build_splits(job, 0, 1)
+    list(splits.validation.loader(0))
+    assert list(splits.validation.bad) == [str(cut)]
+    assert "truncated" in splits.validation.bad[str(cut)]
+
+
 def test_balance_sampler_evens_out_a_skewed_csv_manifest(tmp_path):
     """An imbalanced CSV (90 'common' : 10 'rare', written here) is sampled about evenly."""
     rows = [f"word{i},common" for i in range(90)] + [f"odd{i},rare" for i in range(10)]

@@ -14,6 +14,7 @@ each sample exactly once.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -165,8 +166,10 @@ def first_n(records: Records, n: int, seed: int) -> Records:
 
 
 def image_transform(job: FineTuneJob, train: bool) -> Callable:
-    """PIL image → CHW uint8 tensor at data.imageSize; augmentations only when `train`.
+    """An image (path, encoded bytes or PIL) → CHW uint8 tensor at data.imageSize; augmentations
+    only when `train`.
     Scaling to float and normalising happen once per batch, in `to_device`."""
+    import torchcodec.decoders  # noqa: F401  here, so each epoch's forked loader workers inherit it
     from torchvision.transforms import v2
 
     data = job.spec.data
@@ -177,22 +180,74 @@ def image_transform(job: FineTuneJob, train: bool) -> Callable:
 
 @dataclass
 class ImageTransform:
-    """The fixed steps are plain tensor calls, not v2 transforms: at 64 px, v2's per-call
-    dispatch (ToImage, a Resize to the size the image already has) cost more than decoding."""
+    """Decode, resize to data.imageSize, augment. The fixed steps are plain tensor calls, not
+    v2 transforms: at 64 px, v2's per-call dispatch (ToImage, a Resize to the size the image
+    already has) cost more than decoding."""
 
     mode: str  # "RGB" or "L"
     size: int
     augment: Callable | None = None
 
-    def __call__(self, image) -> torch.Tensor:
-        import numpy as np
+    def __call__(self, source) -> torch.Tensor:
+        """`source`: an image file's path, its bytes or a PIL image."""
         from torchvision.transforms.v2 import functional
 
-        array = torch.from_numpy(np.array(image.convert(self.mode)))
-        tensor = array.permute(2, 0, 1) if array.dim() == 3 else array.unsqueeze(0)
+        tensor = decode_image(source, self.mode)
         if tensor.shape[-2:] != (self.size, self.size):
             tensor = functional.resize(tensor, [self.size, self.size], antialias=True)
         return self.augment(tensor) if self.augment else tensor
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PIL_LUMA = (19595, 38470, 7471)  # PIL's RGB -> L weights, in 65536ths
+
+
+def decode_image(source, mode: str) -> torch.Tensor:
+    """An image file's path, its bytes or a PIL image -> uint8 (C, H, W) in `mode` ("RGB"/"L").
+
+    8-bit PNGs and JPEGs go through TorchCodec, libpng and libjpeg-turbo straight into a
+    tensor: at 64 px, PIL's objects and copies cost as much as the decoding. The pixels are
+    PIL's (tests/trainer/test_data_and_spec.py). Every other file (16-bit PNG, CMYK JPEG,
+    TIFF, ...), and one TorchCodec refuses, goes through PIL, whose OSError says what is wrong."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    path = isinstance(source, (str, Path))
+    data = Path(source).read_bytes() if path else source
+    if isinstance(data, bytes) and (decoded := _decode_png_or_jpeg(data)) is not None:
+        return _in_mode(decoded, mode)
+    image = source if isinstance(source, Image.Image) else Image.open(source if path else io.BytesIO(data))
+    array = torch.from_numpy(np.array(image.convert(mode)))
+    return array.permute(2, 0, 1) if array.dim() == 3 else array.unsqueeze(0)
+
+
+def _decode_png_or_jpeg(data: bytes) -> torch.Tensor | None:
+    """(C, H, W) with C = 1 or 3 plus any alpha, or None where PIL must decode."""
+    from torchcodec.decoders import decode_image as decode
+
+    png = data.startswith(PNG_SIGNATURE)
+    if not (png and len(data) > 24 and data[24] <= 8 or data.startswith(b"\xff\xd8\xff")):  # IHDR bit depth
+        return None
+    try:
+        decoded = decode(data, mode="UNCHANGED")
+    except RuntimeError:
+        return None
+    channels = decoded.shape[0] if decoded.dim() == 3 else 0
+    return decoded if channels in (1, 3) or png and channels in (2, 4) else None  # a JPEG's 4: CMYK
+
+
+def _in_mode(image: torch.Tensor, mode: str) -> torch.Tensor:
+    """What PIL's convert(mode) gives: alpha dropped, gray repeated, or RGB to PIL's luma."""
+    if image.shape[0] in (2, 4):
+        image = image[:-1]
+    if mode == "RGB" and image.shape[0] == 1:
+        return image.expand(3, -1, -1)
+    if mode == "L" and image.shape[0] == 3:
+        weights = torch.tensor(PIL_LUMA, dtype=torch.int32).view(3, 1, 1)
+        return ((image.int() * weights).sum(0, keepdim=True) + 0x8000 >> 16).to(torch.uint8)
+    return image
 
 
 def _augmentation(aug, size: int):
@@ -233,10 +288,16 @@ def to_device(inputs, device):
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, C, H, W) → float32 normalised as the backbones were pretrained: ImageNet's
     mean and std, 0.5 and 0.5 for grayscale."""
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if images.shape[1] == 3 else ((0.5,), (0.5,))
-    shift = torch.tensor([255.0 * m for m in mean], device=images.device).view(1, -1, 1, 1)
-    scale = torch.tensor([255.0 * s for s in std], device=images.device).view(1, -1, 1, 1)
+    shift, scale = _normalisation(images.shape[1], images.device)
     return images.to(torch.float32).sub_(shift).div_(scale)
+
+
+@functools.cache
+def _normalisation(channels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Made once per device: on a GPU each new constant is a copy the step waits for."""
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))
+    return (torch.tensor([255.0 * m for m in mean], device=device).view(1, -1, 1, 1),
+            torch.tensor([255.0 * s for s in std], device=device).view(1, -1, 1, 1))
 
 
 @dataclass
@@ -278,10 +339,8 @@ class RecordDataset(Dataset):
     def __getitem__(self, i: int):
         item = self.records.inputs[i]
         if self.transform is not None:
-            from PIL import Image
-
             try:
-                item = self.transform(item if isinstance(item, Image.Image) else Image.open(item))
+                item = self.transform(item)
             except OSError as exc:  # unreadable or corrupt file (PIL's UnidentifiedImageError too)
                 return BadSample(str(item), str(exc)), self.records.labels[i]
         return item, self.records.labels[i]
@@ -383,6 +442,7 @@ class SplitData:
             shuffle=False,
             num_workers=self.num_workers,
             collate_fn=BatchCollate(self.collate),
+            pin_memory=torch.cuda.is_available(),  # page-locked: to_device copies to the GPU asynchronously
             # Own generator: creating an iterator must not draw from the global RNG, or a
             # resumed run would see a different dropout/augmentation sequence.
             generator=torch.Generator().manual_seed(self.seed + epoch),

@@ -486,7 +486,7 @@ class Decoder:
     label_field: str
     image_field: str
     classes: tuple[str, ...]
-    transform: Callable | None = None  # image transform (PIL → CHW uint8 tensor)
+    transform: Callable | None = None  # image transform (encoded bytes or PIL → CHW uint8 tensor)
 
     def __call__(self, record: Any) -> tuple[Any, int]:
         if isinstance(record, Exception):
@@ -516,16 +516,12 @@ class Decoder:
         return value
 
     def _image(self, record: dict):
-        from PIL import Image
-
         data = record.get(self.image_field)
         if data is None:
             data = next((record[e] for e in IMAGE_EXTS if e in record), None)
         if data is None:
             raise ValueError(f"no image member ({', '.join(IMAGE_EXTS)}) in the sample")
-        image = data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data))
-        image.load()  # decode now so a truncated file fails here, with its key
-        return self.transform(image)
+        return self.transform(data)  # decodes now, so a truncated file fails here, with its key
 
     def _text(self, record: dict) -> str:
         for name in ("txt", self.text_field):
