@@ -12,7 +12,7 @@
 #     docker build --target operator -t ghcr.io/graft-dev/graft-operator:0.1.0 .
 #
 # Each image installs Graft into /opt/venv in a builder stage and copies only that venv into a
-# final stage of the same base, so no compiler, cache or source tree reaches the runtime image.
+# final stage of the same base, so no build cache or source tree reaches the runtime image.
 # The venv sees the base's site-packages: a PyTorch base's torch satisfies the torch pin without
 # a second multi-GB copy; a plain Python base gets torch from TORCH_INDEX_URL or PyPI.
 
@@ -77,6 +77,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     XDG_CACHE_HOME=/tmp/.cache \
     TRITON_CACHE_DIR=/tmp/triton
 COPY --from=trainer-builder /opt/venv /opt/venv
+# training.compile: torch.compile builds native code when a job starts (Triton's C launcher on a
+# GPU, Inductor's C++ kernels on a CPU), so this image, unlike the builder's output, needs a
+# compiler at run time. Unpinned (DL3008): the base decides the distribution, Ubuntu under the
+# CUDA base and Debian under the CPU one.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc g++ libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 # A passwd entry for UID 1000 (getpass.getuser() in torch and Ray needs one); bases that
 # already have a user 1000 (Ubuntu 24.04 ships 'ubuntu') keep it.
 RUN (getent group 1000 >/dev/null || groupadd --gid 1000 graft) \

@@ -15,7 +15,9 @@ import hashlib
 import itertools
 import json
 import logging
+import os
 import resource
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -306,9 +308,11 @@ def _gathered_bad(mine: dict[str, str]) -> dict[str, str]:
 
 
 def _digest(job: FineTuneJob) -> str:
-    """Hash of what determines the trained weights (not where outputs go, nor how many ranks)."""
+    """Hash of what determines the trained weights (not where outputs go, how many ranks, nor
+    how fast: a resume may switch training.compile or channelsLast)."""
     fields = {"backbone", "head", "data", "strategy", "training", "task"}
-    text = json.dumps(job.spec.model_dump(mode="json", include=fields), sort_keys=True)
+    speed = {"training": {"compile", "channels_last"}}
+    text = json.dumps(job.spec.model_dump(mode="json", include=fields, exclude=speed), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -320,9 +324,25 @@ def _accelerator(training):
 
     if training.precision == "fp16" and not torch.cuda.is_available():
         raise SpecError(["spec.training.precision: fp16 needs a GPU; use bf16 or fp32 on CPU"])
+    if training.compile:
+        _check_compiler()
+        # DDP's forward opens a profiler range that dynamo leaves out, and each rank says so in a
+        # raw log line that asks nothing of anyone
+        logging.getLogger("torch._dynamo.variables.ctx_manager").addFilter(
+            lambda record: not str(record.msg).startswith("Profiler record function"))
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[training.precision]
     timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=2 * training.stall_timeout_seconds))
     return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available(), kwargs_handlers=[timeout])
+
+
+def _check_compiler() -> None:
+    """torch.compile builds native code at the first step, C++ kernels on a CPU (Inductor) and a
+    C launcher on a GPU (Triton): without a compiler it fails there, deep in a traceback."""
+    names = ("cc", "gcc", "clang") if torch.cuda.is_available() else ("c++", "g++", "clang++")
+    if os.environ.get("CC" if torch.cuda.is_available() else "CXX") or any(map(shutil.which, names)):
+        return
+    raise SpecError([f"spec.training.compile: torch.compile needs a compiler on PATH ({', '.join(names)}) and "
+                     "this container has none; use Graft's trainer image (it has gcc) or set compile: false"])
 
 
 def _enter_stage(job: FineTuneJob, stage: strategies.Stage, model, accelerator, batches_per_epoch: int | None) -> Run:
@@ -340,8 +360,11 @@ def _enter_stage(job: FineTuneJob, stage: strategies.Stage, model, accelerator, 
     if accelerator.num_processes == 1:  # torchrun with 1 process: Accelerate would wrap DDP over one
         # rank, copying every gradient through its buckets each step (+15 % per step, bench_loop.py)
         wrapped = accelerator.prepare_model(model, evaluation_mode=True)  # placement, precision, no DDP
-        return Run(stage, wrapped, accelerator.prepare_optimizer(optimizer), scheduler)
-    wrapped, optimizer = accelerator.prepare(model, optimizer)
+        optimizer = accelerator.prepare_optimizer(optimizer)
+    else:
+        wrapped, optimizer = accelerator.prepare(model, optimizer)
+    if job.spec.training.compile:  # in place, so state_dict keys keep their names; DDP's wrapper
+        wrapped.compile()  # included, so its buckets still overlap the backward
     return Run(stage, wrapped, optimizer, scheduler)
 
 

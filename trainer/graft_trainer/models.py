@@ -52,6 +52,7 @@ class GraftModel(nn.Module):
         self.family = family
         self.blocks = blocks  # top-down; a plain list, so not registered twice
         self.precomputed_features = False  # inputs are pooled features (graft_trainer.feature_cache)
+        self.channels_last = False  # images enter NHWC, as the weights are stored (training.channelsLast)
 
     def features(self, inputs) -> torch.Tensor:
         if self.precomputed_features:
@@ -60,6 +61,8 @@ class GraftModel(nn.Module):
             hidden = self.backbone(**inputs).last_hidden_state
             mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         return self.backbone(inputs)
 
     def forward(self, inputs) -> torch.Tensor:
@@ -119,7 +122,11 @@ def build_model(job: FineTuneJob, num_classes: int) -> GraftModel:
     if spec.training.precision == "bf16":
         _strided_convs_smaller_input_in_fp32(backbone)
     head = build_head(feature_dim, spec.head.hidden_sizes, spec.head.dropout, num_classes)
-    return GraftModel(backbone, head, _blocks(backbone, family), family)
+    model = GraftModel(backbone, head, _blocks(backbone, family), family)
+    if spec.training.channels_last and family != "hf":
+        model.channels_last = True
+        model.to(memory_format=torch.channels_last)  # every 4-D weight: the convolutions'
+    return model
 
 
 def _strided_convs_smaller_input_in_fp32(backbone: nn.Module) -> None:

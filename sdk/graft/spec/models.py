@@ -253,6 +253,17 @@ class Training(Model):
     best_metric: Literal["val_loss", "val_accuracy", "val_macro_f1"] = "val_accuracy"
     seed: int = 0
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    channels_last: bool = Field(
+        default=False,
+        description="Run convolutional backbones on NHWC images and weights: the layout tensor "
+        "cores and oneDNN convolve fastest; no effect on transformer backbones.",
+    )
+    compile: bool = Field(
+        default=False,
+        description="Compile the model with torch.compile (TorchInductor; needs a C/C++ "
+        "compiler in the image, Graft's has gcc): the first steps of each phase wait for the "
+        "compiler, later ones run faster, mostly on GPUs.",
+    )
     stall_timeout_seconds: PositiveInt = Field(
         default=300,
         description="Fail the job, naming the rank, host and step, when no rank has made "
