@@ -119,6 +119,21 @@ class NodeStandIn:
         self._threads.append(thread)
         thread.start()
 
+    def _api(self, call, *args, **kwargs):
+        """A pod's status write, read or delete, retried through an API server restart as a
+        kubelet retries it (tests restart the server under running pods); given up only when
+        the node itself stops."""
+        delay = 0.1
+        while True:
+            try:
+                return call(*args, **kwargs)
+            except (ApiException, urllib3.exceptions.HTTPError) as exc:
+                if isinstance(exc, ApiException) and exc.status and exc.status < 500:
+                    raise
+                if self._stopping.wait(delay):
+                    raise
+                delay = min(2 * delay, 2.0)
+
     def _register(self) -> None:
         node = {"apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": NODE_NAME, "labels": {"kubernetes.io/hostname": NODE_NAME,
@@ -363,14 +378,14 @@ class NodeStandIn:
                                   "lastTransitionTime": _now()}
                                  for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]}
         try:
-            self.core.patch_namespaced_pod_status(meta["name"], meta["namespace"], {"status": status})
+            self._api(self.core.patch_namespaced_pod_status, meta["name"], meta["namespace"], {"status": status})
         except ApiException as exc:
             if exc.status != 404:
                 raise
 
     def _deleted(self, pod: dict) -> bool:
         try:
-            live = self.core.read_namespaced_pod(pod["metadata"]["name"], pod["metadata"]["namespace"])
+            live = self._api(self.core.read_namespaced_pod, pod["metadata"]["name"], pod["metadata"]["namespace"])
         except ApiException:
             return True
         return live.metadata.uid != pod["metadata"]["uid"] or live.metadata.deletion_timestamp is not None
@@ -390,8 +405,8 @@ class NodeStandIn:
             except subprocess.TimeoutExpired:
                 _signal_group(proc, signal.SIGKILL)
         try:
-            self.core.delete_namespaced_pod(meta["name"], meta["namespace"], grace_period_seconds=0,
-                                            body=client.V1DeleteOptions(preconditions={"uid": meta["uid"]}))
+            self._api(self.core.delete_namespaced_pod, meta["name"], meta["namespace"], grace_period_seconds=0,
+                      body=client.V1DeleteOptions(preconditions={"uid": meta["uid"]}))
         except ApiException:
             pass
 
