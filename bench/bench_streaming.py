@@ -5,8 +5,8 @@
    `graft data pack`, each batch then normalised by `to_device` as the loop does), same decode,
    same transforms, same workers, at each image size and
    worker count. Three readers: the ImageFolder (baseline); the shards as packed, read at the
-   offsets of their members files; the same shards without members files (plain tar
-   iteration: shards made by other tools, and every shard before the members files).
+   offsets of their members files; the same shards without members files (shards made by
+   other tools, read by walking their tar headers).
    Throughput is measured in samples per CPU second of the whole epoch (this process and its
    DataLoader workers, which are joined at epoch end): on the shared machine other processes
    stretch wall time by 2-3x at random, CPU time far less. Wall-clock samples/s is printed

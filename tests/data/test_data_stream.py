@@ -186,3 +186,53 @@ def test_malformed_jsonl_row_is_counted_as_bad(tmp_path):
     ids = [i for b in stream.loader(0) for i in b]
     assert sorted(ids) == [0, 1, 2, 3, 4, 6, 7]
     assert list(stream.bad) == [f"shard {tmp_path / 'rows.jsonl'} key 5"]
+
+
+def _awkward_tar(path, tar_format) -> None:
+    """A tar as other tools write them: a directory entry, a __cache__ member webdataset skips,
+    an upper-case extension, a name over 100 characters (a ustar prefix, a pax or a GNU header),
+    a member without an extension, and members of one sample not all adjacent in name order."""
+    import tarfile
+
+    def add(tar, name, data=b"", kind=tarfile.REGTYPE):
+        info = tarfile.TarInfo(name)
+        info.type, info.size = kind, len(data)
+        tar.addfile(info, io.BytesIO(data) if data else None)
+
+    deep = "d" * 60 + "/" + "e" * 60
+    with tarfile.open(path, "w", format=tar_format) as tar:
+        add(tar, "__cache__/0000.txt", b"skipped")
+        add(tar, "train", kind=tarfile.DIRTYPE)
+        for i in range(7):
+            folder = deep if i == 3 else "train"
+            add(tar, f"{folder}/{i:04d}.TXT", f"sample-{i}".encode())
+            add(tar, f"{folder}/{i:04d}.cls", str(i % 2).encode())
+            add(tar, f"{folder}/{i:04d}.seg.json", b"[]")
+        add(tar, "README", b"not a sample")
+
+
+@pytest.mark.parametrize("tar_format", ["ustar", "pax", "gnu"])
+@pytest.mark.parametrize("start, stop", [(0, 7), (2, 5), (6, 7)])
+def test_a_plain_tar_read_by_its_headers_gives_webdatasets_samples(tmp_path, tar_format, start, stop):
+    """Shards without a members file (made by other tools) are read by walking their headers,
+    not through tarfile and webdataset's iterators (several times faster for small samples):
+    every piece must hold exactly the samples webdataset's grouping gives."""
+    import tarfile
+
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    from graft_trainer.streaming import _count, _walk_headers, read_piece
+
+    path = tmp_path / "plain.tar"
+    _awkward_tar(path, {"ustar": tarfile.USTAR_FORMAT, "pax": tarfile.PAX_FORMAT, "gnu": tarfile.GNU_FORMAT}[tar_format])
+    piece = Piece(str(path), start, stop)
+    samples = lambda pairs: [(key, {k: v for k, v in record.items() if k != "__url__"}) for key, record in pairs]
+    with open(path, "rb") as f:
+        everything = [(s["__key__"], s) for s in group_by_keys(tar_file_expander([{"url": str(path), "stream": f}]))]
+        walked = _walk_headers(f, piece)
+    assert _count("tar", str(path)) == len(everything) == 7
+    expected = samples(everything[start:stop])
+    assert [key for key, _ in expected] == [f"{'d' * 60 + '/' + 'e' * 60 if i == 3 else 'train'}/{i:04d}"
+                                            for i in range(start, stop)]
+    assert samples(read_piece("tar", piece)) == expected
+    assert (walked is None) == (tar_format != "ustar")  # sample 3's pax or GNU long-name header: tarfile's
