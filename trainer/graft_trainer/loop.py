@@ -412,11 +412,10 @@ def _train_epoch(job, run: Run, splits, position: Position, accelerator, loss_fn
             run.scheduler.step()
             run.optimizer.zero_grad(set_to_none=True)
             position.step += 1
-        position.sums = [
-            position.sums[0] + loss.item() * len(labels),
-            position.sums[1] + (logits.argmax(-1) == labels).sum().item(),
-            position.sums[2] + len(labels),
-        ]
+        # one read of the device per step (a GPU sync), not one per number
+        loss_value, correct = torch.stack([loss.detach().float(), (logits.argmax(-1) == labels).sum().float()]).tolist()
+        position.sums = [position.sums[0] + loss_value * len(labels), position.sums[1] + correct,
+                         position.sums[2] + len(labels)]
         position.batch, seen = index + 1, seen + len(labels)
         coordinator.advance(position.step)
         bar.update(1)
