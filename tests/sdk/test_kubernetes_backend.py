@@ -10,6 +10,7 @@ audit log shows exactly which requests the SDK made."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import threading
@@ -230,10 +231,23 @@ def test_why_names_the_real_schedulers_reason_and_a_quota_refusal(kube, node):
     kube.core.create_namespaced_resource_quota(kube.ns, {"metadata": {"name": "gpu-quota"},
                                                          "spec": {"hard": {"requests.nvidia.com/gpu": "0"}}})
     wait_for(lambda: kube.core.read_namespaced_resource_quota("gpu-quota", kube.ns).status.hard)
-    with pytest.raises(ApiException) as refused:
-        pod(kube, f"{NAME}-worker-0", node=None, resources={"limits": {"nvidia.com/gpu": "1"}})
-    refusal = json.loads(refused.value.body)["message"]
-    assert refused.value.status == 403 and "exceeded quota: gpu-quota" in refusal
+    attempts = itertools.count()
+
+    def refused_by_quota() -> ApiException | None:
+        """The quota admission reads quotas from its informer; until that holds the new one it
+        trusts a live lookup it made for master-0 (no quotas, kept 30 s), so under load a pod
+        can still be admitted: remove it and try the next."""
+        name = f"{NAME}-worker-{next(attempts)}"
+        try:
+            pod(kube, name, node=None, resources={"limits": {"nvidia.com/gpu": "1"}})
+        except ApiException as exc:
+            return exc
+        kube.core.delete_namespaced_pod(name, kube.ns, grace_period_seconds=0)
+        return None
+
+    refused = wait_for(refused_by_quota, timeout=60, interval=0.5)
+    refusal = json.loads(refused.body)["message"]
+    assert refused.status == 403 and "exceeded quota: gpu-quota" in refusal
     kube.core.create_namespaced_event(kube.ns, {
         "metadata": {"name": f"{NAME}.quota"},
         "involvedObject": {"kind": "PyTorchJob", "name": NAME, "namespace": kube.ns},
