@@ -29,14 +29,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import socket
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from bench_loop import TORCHRUN_ENV, StepClock, median_with_interval
+from bench_loop import StepClock, median_with_interval, torchrun_rank
 
 DENSE_BF16_TFLOPS = {"H100 SXM": 989.4, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4,
                      "A100": 312.0, "L4": 121.0}
@@ -109,30 +107,13 @@ def run_reference(args, model_name: str, compiled: bool, batches: list, clocks: 
 
 def run_graft(args, model_name: str, compiled: bool, batches: list, clocks: list[StepClock]) -> None:
     """`fit` as `graft run --nproc 1` runs it, its train loader replaced by the same batches."""
-    from accelerate.state import AcceleratorState
-
     from graft.spec import parse_spec
-    from graft_trainer import data
     from graft_trainer.loop import fit
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        launcher = {**TORCHRUN_ENV, "MASTER_PORT": str(probe.getsockname()[1])}
-    original, epochs = data.SplitData.loader, iter(clocks)
-
-    def from_memory(self, epoch, start_batch=0):
-        return next(epochs).wrap(epoch_of(batches, args.steps)) if self.train else original(self, epoch, start_batch)
-
-    os.environ.update(launcher)
-    data.SplitData.loader = from_memory
-    try:
+    epochs = iter(clocks)
+    with torchrun_rank(lambda *_: next(epochs).wrap(epoch_of(batches, args.steps))):
         with tempfile.TemporaryDirectory(prefix="bench-gpu-") as output:
             fit(parse_spec(job_document(args, model_name, compiled, output)))
-    finally:
-        data.SplitData.loader = original
-        for key in launcher:
-            del os.environ[key]
-        AcceleratorState._reset_state(True)
 
 
 def step_flops(args, model_name: str) -> float:

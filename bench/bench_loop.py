@@ -40,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 KINDS = ("plain", "graft", "accelerate")
@@ -190,12 +191,13 @@ def run_plain(workload: str, job, clock: StepClock, accelerate: bool = False, fu
         optimizer.zero_grad(set_to_none=True)
 
 
-def run_graft(workload: str, job, clock: StepClock) -> None:
-    """`fit` as `graft run --nproc 1` runs it: under torchrun's environment, world size 1."""
+@contextmanager
+def torchrun_rank(train_loader):
+    """`fit` as `graft run --nproc 1` runs it: under torchrun's environment, world size 1, the
+    training split's loader replaced by `train_loader(original_loader, split, epoch, start_batch)`."""
     from accelerate.state import AcceleratorState
 
     from graft_trainer import data
-    from graft_trainer.loop import fit
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -204,18 +206,24 @@ def run_graft(workload: str, job, clock: StepClock) -> None:
     os.environ.update(launcher)
     original = data.SplitData.loader
 
-    def timed(self, epoch, start_batch=0):
-        batches = original(self, epoch, start_batch)
-        return clock.wrap(batches) if self.train else batches
+    def replaced(self, epoch, start_batch=0):
+        return train_loader(original, self, epoch, start_batch) if self.train else original(self, epoch, start_batch)
 
-    data.SplitData.loader = timed
+    data.SplitData.loader = replaced
     try:
-        fit(job)
+        yield
     finally:
         data.SplitData.loader = original
         for key in launcher:
             del os.environ[key]
         AcceleratorState._reset_state(True)  # the next run in this process starts undistributed
+
+
+def run_graft(workload: str, job, clock: StepClock) -> None:
+    from graft_trainer.loop import fit
+
+    with torchrun_rank(lambda original, split, epoch, start: clock.wrap(original(split, epoch, start))):
+        fit(job)
 
 
 def one_run(workload: str, kind: str, limit: int, fused: bool = False) -> dict:
