@@ -199,7 +199,7 @@ class ImageTransform:
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PIL_LUMA = (19595, 38470, 7471)  # PIL's RGB -> L weights, in 65536ths
+PIL_LUMA = torch.tensor((19595, 38470, 7471), dtype=torch.int32).view(3, 1, 1)  # PIL's RGB -> L, in 65536ths
 
 
 def decode_image(source, mode: str) -> torch.Tensor:
@@ -245,8 +245,7 @@ def _in_mode(image: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "RGB" and image.shape[0] == 1:
         return image.expand(3, -1, -1)
     if mode == "L" and image.shape[0] == 3:
-        weights = torch.tensor(PIL_LUMA, dtype=torch.int32).view(3, 1, 1)
-        return ((image.int() * weights).sum(0, keepdim=True) + 0x8000 >> 16).to(torch.uint8)
+        return ((image.int() * PIL_LUMA).sum(0, keepdim=True) + 0x8000 >> 16).to(torch.uint8)
     return image
 
 

@@ -326,13 +326,17 @@ def _accelerator(training):
         raise SpecError(["spec.training.precision: fp16 needs a GPU; use bf16 or fp32 on CPU"])
     if training.compile:
         _check_compiler()
-        # DDP's forward opens a profiler range that dynamo leaves out, and each rank says so in a
-        # raw log line that asks nothing of anyone
-        logging.getLogger("torch._dynamo.variables.ctx_manager").addFilter(
-            lambda record: not str(record.msg).startswith("Profiler record function"))
+        # added once per process however often fit runs: logging keeps one of each filter
+        logging.getLogger("torch._dynamo.variables.ctx_manager").addFilter(_without_profiler_notice)
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[training.precision]
     timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=2 * training.stall_timeout_seconds))
     return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available(), kwargs_handlers=[timeout])
+
+
+def _without_profiler_notice(record: logging.LogRecord) -> bool:
+    """DDP's forward opens a profiler range that dynamo leaves out, and each rank says so in a
+    raw log line that asks nothing of anyone."""
+    return not str(record.msg).startswith("Profiler record function")
 
 
 def _check_compiler() -> None:
