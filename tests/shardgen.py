@@ -42,9 +42,14 @@ def png_bytes(seed: int, size: int = 8) -> bytes:
     return buffer.getvalue()
 
 
-def ids_collate(texts: list[str], labels: list[int]) -> list[int]:
-    """Keep only the sample ids: what coverage and resume tests count."""
-    return [int(t.removeprefix("sample-")) for t in texts]
+def ids_collate(texts: list[str], labels: list[int]) -> tuple[list[int], list[int]]:
+    """Keep only the sample ids (what coverage and resume tests count) beside the labels."""
+    return [int(t.removeprefix("sample-")) for t in texts], labels
+
+
+def sample_ids(loader) -> list[list[int]]:
+    """The sample ids of each batch of an `ids_collate` stream's loader."""
+    return [ids for ids, _ in loader]
 
 
 def text_stream(location: str, *, fmt: str = "webdataset", rank: int = 0, world_size: int = 1,
@@ -64,7 +69,7 @@ def image_stream(location: str, classes: list[str], *, shuffle: bool = True) -> 
 
 
 def stack_collate(images: list[torch.Tensor], labels: list[int]):
-    return torch.stack(images), torch.tensor(labels)
+    return torch.stack(images), labels
 
 
 def to_tensor(data) -> torch.Tensor:

@@ -24,7 +24,7 @@ RESUME_AT = 3
 
 def steps(loader) -> list[list[int]]:
     seen = []
-    for ids in loader:
+    for ids, _ in loader:
         dist.all_reduce(torch.ones(1))
         seen.append(ids)
     return seen
@@ -40,7 +40,7 @@ def main(out: str, locations: list[str]) -> None:
                              workers=2, batch_size=8)
         epoch0, epoch1 = steps(stream.loader(0)), steps(stream.loader(1))
         interrupted = []
-        for ids in stream.loader(1):  # the "crash": abandon the epoch after RESUME_AT batches
+        for ids, _ in stream.loader(1):  # the "crash": abandon the epoch after RESUME_AT batches
             dist.all_reduce(torch.ones(1))
             interrupted.append(ids)
             if len(interrupted) == RESUME_AT:

@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 from PIL import Image
-from shardgen import image_stream, png_bytes, text_stream, to_tensor
+from shardgen import image_stream, png_bytes, sample_ids, text_stream, to_tensor
 
 from graft.datapack import pack, parse_size
 from graft.spec.contracts import DATA_INDEX_FILE, SHARD_MEMBERS_SUFFIX
@@ -80,7 +80,7 @@ def test_jsonl_round_trip_in_a_fresh_python_without_torch(tmp_path):
     for s in samples:
         assert index["classes"][int(s["cls"])] == ["neg", "pos"][int(s["txt"].decode()[7:]) % 2]
     # and the streaming trainer reads the result: every id once over two ranks
-    ids = [i for r in range(2) for b in text_stream(str(tmp_path / "out"), rank=r, world_size=2).loader(0)
+    ids = [i for r in range(2) for b in sample_ids(text_stream(str(tmp_path / "out"), rank=r, world_size=2).loader(0))
            for i in b]
     assert sorted(ids) == list(range(300))
 
@@ -126,11 +126,11 @@ def test_packed_shards_read_at_member_offsets_give_the_plain_tar_epochs_and_resu
 
     indexed, fallback = (text_stream(str(root), workers=workers, batch_size=7) for root in (packed, plain))
     for epoch in (0, 1):
-        full = list(indexed.loader(epoch))
-        assert full == list(fallback.loader(epoch))  # same samples, same order, either reader
+        full = sample_ids(indexed.loader(epoch))
+        assert full == sample_ids(fallback.loader(epoch))  # same samples, same order, either reader
         assert sorted(i for batch in full for i in batch) == list(range(300))
         for start in (1, 17, len(full) - 1):  # a killed run resumes: nothing repeated or skipped
-            assert list(indexed.loader(epoch, start)) == full[start:]
+            assert sample_ids(indexed.loader(epoch, start)) == full[start:]
     assert not indexed.bad and not fallback.bad
 
 
@@ -144,8 +144,8 @@ def test_packed_shards_whose_members_files_cannot_be_used_stream_as_plain_tars(t
         else:
             members.write_text(json.dumps({"v": 99, "samples": [["000000000", [["txt", 0, 1]]]]}))
     with caplog.at_level(logging.WARNING, logger="graft.streaming"):
-        epoch = list(text_stream(str(packed), batch_size=7).loader(0))
-    assert epoch == list(text_stream(str(plain), batch_size=7).loader(0))
+        epoch = sample_ids(text_stream(str(packed), batch_size=7).loader(0))
+    assert epoch == sample_ids(text_stream(str(plain), batch_size=7).loader(0))
     missing = f"shards-000000.tar{SHARD_MEMBERS_SUFFIX} is missing"
     assert (missing in caplog.text) == (members_file == "not uploaded")
 
@@ -174,7 +174,7 @@ def test_a_truncated_packed_shard_names_every_sample_it_lost_by_key(tmp_path):
     members = json.loads((packed / ("shards-000001.tar" + SHARD_MEMBERS_SUFFIX)).read_text())["samples"]
     lost = {f"shard {shard} key {key}" for key, located in members if located[-1][1] + located[-1][2] > cut}
     stream = text_stream(str(packed), workers=2, batch_size=7)
-    delivered = [i for batch in stream.loader(0) for i in batch]
+    delivered = [i for batch in sample_ids(stream.loader(0)) for i in batch]
     assert 0 < len(lost) < len(members) and set(stream.bad) == lost
     assert len(set(delivered)) == len(delivered) == 300 - len(lost)
     assert all("truncated or corrupt shard" in error for error in stream.bad.values())
@@ -187,7 +187,7 @@ def test_a_shard_rewritten_after_packing_is_bad_data_not_wrong_samples(tmp_path)
     pack(tmp_path / "long.jsonl", tmp_path / "other", progress=False)
     shutil.copy(tmp_path / "other" / "shards-000000.tar", packed / "shards-000000.tar")
     stream = text_stream(str(packed), batch_size=7)
-    delivered = [i for batch in stream.loader(0) for i in batch]
+    delivered = [i for batch in sample_ids(stream.loader(0)) for i in batch]
     assert len(set(delivered)) == len(delivered) and len(delivered) + len(stream.bad) == 300
     assert stream.bad and all("shards-000000.tar" in source for source in stream.bad)
     assert any("shard rewritten after `graft data pack`" in error for error in stream.bad.values())
@@ -203,6 +203,6 @@ def test_packed_shards_stream_from_an_fsspec_filesystem(tmp_path):
     try:
         remote = text_stream("memory://graft-bench-shards", batch_size=7)
         assert all(p.members and p.members.startswith("memory://") for p in remote.pieces)
-        assert list(remote.loader(0)) == list(text_stream(str(packed), batch_size=7).loader(0))
+        assert sample_ids(remote.loader(0)) == sample_ids(text_stream(str(packed), batch_size=7).loader(0))
     finally:
         memory.rm("/graft-bench-shards", recursive=True)

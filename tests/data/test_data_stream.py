@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from shardgen import image_stream, png_bytes, text_stream, to_tensor, write_text_shards
+from shardgen import image_stream, png_bytes, sample_ids, text_stream, to_tensor, write_text_shards
 
 from graft_trainer.data import BadDataError
 from graft_trainer.streaming import (Decoder, Piece, Stream, batches_for, discover,
@@ -21,7 +21,7 @@ from graft_trainer.streaming import (Decoder, Piece, Stream, batches_for, discov
 
 
 def epoch_ids(stream, epoch, start=0):
-    return [ids for ids in stream.loader(epoch, start)]
+    return sample_ids(stream.loader(epoch, start))
 
 
 def test_epoch_covers_every_sample_once_and_reshuffles_per_epoch(text_shards):
@@ -103,8 +103,8 @@ def test_jsonl_csv_parquet_hf_and_indexless_shards_stream_every_row(tmp_path, te
         for rank in range(2):
             stream = text_stream(location, fmt=fmt, rank=rank, world_size=2, workers=2, batch_size=4)
             assert stream.num_samples == total, fmt
-        ids = [i for r in range(2) for b in text_stream(location, fmt=fmt, rank=r, world_size=2, workers=2,
-                                                       batch_size=4).loader(0) for i in b]
+        ids = [i for r in range(2) for b in sample_ids(text_stream(location, fmt=fmt, rank=r, world_size=2, workers=2,
+                                                                  batch_size=4).loader(0)) for i in b]
         assert sorted(ids) == list(range(total)), fmt
 
 
@@ -125,7 +125,7 @@ def test_hf_dataset_dict_streams_train_split_with_class_names_and_decoded_images
     assert [p.size for p in source.pieces] == [6, 6]
     decoder = Decoder("image-classification", "text", "label", "image", source.classes, to_tensor)
     stream = Stream(source.kind, source.pieces, list(source.classes), 4, 0, 0, 1, 2, False, decoder,
-                    lambda xs, ys: (torch.stack(xs), torch.tensor(ys)))
+                    lambda xs, ys: (torch.stack(xs), ys))
     images, labels = zip(*stream.loader(0))
     assert torch.cat(labels).tolist() == [i % 2 for i in range(12)]
     assert torch.equal(images[0][1], to_tensor(Image.open(io.BytesIO(png_bytes(1)))))
@@ -183,7 +183,7 @@ def test_malformed_jsonl_row_is_counted_as_bad(tmp_path):
     lines[5] = '{"text": "sample-5", "label": '  # cut off mid-row
     (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n")
     stream = text_stream(str(tmp_path / "rows.jsonl"), fmt="jsonl")
-    ids = [i for b in stream.loader(0) for i in b]
+    ids = [i for b in sample_ids(stream.loader(0)) for i in b]
     assert sorted(ids) == [0, 1, 2, 3, 4, 6, 7]
     assert list(stream.bad) == [f"shard {tmp_path / 'rows.jsonl'} key 5"]
 

@@ -14,7 +14,7 @@ import pytest
 
 from graft.datapack import pack
 from ray_jobs import tiny_job
-from shardgen import text_stream, write_text_shards
+from shardgen import sample_ids, text_stream, write_text_shards
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.distributed]
 ray_train = pytest.importorskip("graft_trainer.ray_train")
@@ -27,7 +27,7 @@ def _consume(splits: list, epoch: int, start_batch: int = 0) -> list[list[list[i
     seen: list = [None] * len(splits)
 
     def read(index: int) -> None:
-        seen[index] = list(splits[index].loader(epoch, start_batch))
+        seen[index] = sample_ids(splits[index].loader(epoch, start_batch))
 
     threads = [threading.Thread(target=read, args=(i,)) for i in range(len(splits))]
     for thread in threads:

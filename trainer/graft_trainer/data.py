@@ -190,10 +190,10 @@ class ImageTransform:
 
     def __call__(self, source) -> torch.Tensor:
         """`source`: an image file's path, its bytes or a PIL image."""
-        from torchvision.transforms.v2 import functional
-
         tensor = decode_image(source, self.mode)
         if tensor.shape[-2:] != (self.size, self.size):
+            from torchvision.transforms.v2 import functional
+
             tensor = functional.resize(tensor, [self.size, self.size], antialias=True)
         return self.augment(tensor) if self.augment else tensor
 
@@ -209,15 +209,15 @@ def decode_image(source, mode: str) -> torch.Tensor:
     tensor: at 64 px, PIL's objects and copies cost as much as the decoding. The pixels are
     PIL's (tests/trainer/test_data_and_spec.py). Every other file (16-bit PNG, CMYK JPEG,
     TIFF, ...), and one TorchCodec refuses, goes through PIL, whose OSError says what is wrong."""
+    path = isinstance(source, (str, Path))
+    data = Path(source).read_bytes() if path else source
+    if isinstance(data, bytes) and (decoded := _decode_png_or_jpeg(data)) is not None:
+        return _in_mode(decoded, mode)
     import io
 
     import numpy as np
     from PIL import Image
 
-    path = isinstance(source, (str, Path))
-    data = Path(source).read_bytes() if path else source
-    if isinstance(data, bytes) and (decoded := _decode_png_or_jpeg(data)) is not None:
-        return _in_mode(decoded, mode)
     image = source if isinstance(source, Image.Image) else Image.open(source if path else io.BytesIO(data))
     array = torch.from_numpy(np.array(image.convert(mode)))
     return array.permute(2, 0, 1) if array.dim() == 3 else array.unsqueeze(0)
@@ -225,13 +225,17 @@ def decode_image(source, mode: str) -> torch.Tensor:
 
 def _decode_png_or_jpeg(data: bytes) -> torch.Tensor | None:
     """(C, H, W) with C = 1 or 3 plus any alpha, or None where PIL must decode."""
-    from torchcodec.decoders import decode_image as decode
+    from torchcodec.decoders import decode_jpeg, decode_png
 
     png = data.startswith(PNG_SIGNATURE)
     if not (png and len(data) > 24 and data[24] <= 8 or data.startswith(b"\xff\xd8\xff")):  # IHDR bit depth
         return None
+    # The format is known and the bytes go in as a tensor (a writable copy: torch warns on
+    # read-only buffers): decode_image's format sniffing and per-call warning filter cost a
+    # third of a 64 px PNG's decoding.
+    encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
-        decoded = decode(data, mode="UNCHANGED")
+        decoded = (decode_png if png else decode_jpeg)(encoded, mode="UNCHANGED")
     except RuntimeError:
         return None
     channels = decoded.shape[0] if decoded.dim() == 3 else 0
@@ -267,11 +271,19 @@ def _augmentation(aug, size: int):
 @dataclass
 class ImageCollate:
     """Stack uint8 images: a batch crosses from loader workers (shared memory) and to the GPU in
-    a quarter of the bytes of float32; `to_device` scales and normalises it where it lands. A
-    picklable class, for DataLoader workers."""
+    a quarter of the bytes of float32; `to_device` scales and normalises it where it lands. The
+    labels stay a list (see `with_label_tensor`). A picklable class, for DataLoader workers."""
 
     def __call__(self, inputs: list[torch.Tensor], labels: list[int]):
-        return torch.stack(inputs), torch.tensor(labels)
+        return torch.stack(inputs), labels
+
+
+def with_label_tensor(batch: tuple[Any, list[int]]) -> tuple[Any, torch.Tensor]:
+    """A collated batch as the loop takes it. Labels cross from loader workers as a list,
+    pickled beside the batch: a tensor would cross as a shared-memory file of its own, and at
+    64 px that file cost a third of what the images' did (bench/bench_streaming.py)."""
+    inputs, labels = batch
+    return inputs, torch.tensor(labels)
 
 
 def to_device(inputs, device):
@@ -310,7 +322,7 @@ class TextCollate:
         encoded = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
-        return dict(encoded), torch.tensor(labels)
+        return dict(encoded), labels  # a list, as ImageCollate's
 
 
 def load_tokenizer(job: FineTuneJob):
@@ -450,7 +462,7 @@ class SplitData:
             record_bad(self.bad, bad)
             if batch is None:  # skipping it would leave this rank one step short of the others
                 raise BadDataError(dict(bad), "every sample of a batch is unreadable")
-            yield batch
+            yield with_label_tensor(batch)
 
 
 # ------------------------------------------------------------------------------ assembly

@@ -57,7 +57,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from graft.spec import FineTuneJob, SpecError
 from graft.spec.contracts import DATA_INDEX_FILE, SHARD_MEMBERS_VERSION
 from graft_trainer.builtin import resolve
-from graft_trainer.data import BadDataError, record_bad
+from graft_trainer.data import BadDataError, record_bad, with_label_tensor
 
 log = logging.getLogger("graft.streaming")
 
@@ -697,7 +697,7 @@ class EpochBatches:
             record_bad(self._stream.bad, bad)
             if batch is None:  # skipping it would leave this rank one step short of the others
                 raise BadDataError(dict(bad), "every sample of a batch is unreadable")
-            yield batch
+            yield with_label_tensor(batch)
 
 
 @dataclass
@@ -734,13 +734,20 @@ class Stream:
         dataset = _EpochStream(self.source_kind, tasks, self.decoder, self.collate)
         workers = len(tasks) if self.num_workers else 0
         loader = DataLoader(
-            dataset, batch_size=None, num_workers=workers,
+            dataset, batch_size=None, num_workers=workers, collate_fn=_as_collated,
             pin_memory=torch.cuda.is_available(),
             prefetch_factor=4 if workers else None,
             # Own generator: augmentation in workers is seeded by (seed, epoch, rank) only.
             generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 1009 + self.rank),
         )
         return EpochBatches(loader, max(0, n_batches - start_batch), self)
+
+
+def _as_collated(batch):
+    """The stream's batches are collated already: the DataLoader's default would walk every
+    label again, looking for numpy arrays."""
+    return batch
+
 
 def build_stream(job: FineTuneJob, split: str, rank: int, world_size: int) -> Stream:
     """The streamed `split` ("train" | "validation") of a job for one rank of `world_size`."""
