@@ -348,10 +348,13 @@ class ControlPlane:
             raise ControlPlaneError(f"CRDs not Established within {timeout:.0f} s: {', '.join(sorted(waiting))}")
 
     def audit_events(self) -> list[dict]:
-        """Every request the API server has answered so far, as its audit log records them."""
+        """Every request the API server has answered so far, as its audit log records them. The
+        server may be writing an event as we read: a last line without its newline is left for
+        the next call."""
         if not self.audit_log.exists():
             return []
-        return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip()]
+        complete, _, _ = self.audit_log.read_text().rpartition("\n")
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def user_kubeconfig(self, user: str, namespace: str, path: Path) -> Path:
         """A kubeconfig for one of the static TOKENS users, defaulting to `namespace`."""
