@@ -69,5 +69,17 @@ def _ended(message: str, code: int) -> int:
     return code
 
 
+def _exit_now(code: int) -> None:
+    """End the rank without finalising Python. DDP keeps the process group, and Gloo's threads,
+    alive after `destroy_process_group` (PyTorch 2.14, even for a bare DistributedDataParallel);
+    a finished rank whose Gloo thread touched a tensor while Python finalised died with SIGABRT
+    ("terminate called without an active exception", pytorch/pytorch#179291), now and then.
+    Everything the run writes is closed by now; the logs and streams are flushed here."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit_now(main())
