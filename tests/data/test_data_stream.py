@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from shardgen import image_stream, png_bytes, sample_ids, text_stream, to_tensor, write_text_shards
+from shardgen import image_stream, png_bytes, sample_ids, stack_collate, text_stream, to_tensor, write_text_shards
 
 from graft_trainer.data import BadDataError
 from graft_trainer.streaming import (Decoder, Piece, Stream, batches_for, discover,
@@ -125,7 +125,7 @@ def test_hf_dataset_dict_streams_train_split_with_class_names_and_decoded_images
     assert [p.size for p in source.pieces] == [6, 6]
     decoder = Decoder("image-classification", "text", "label", "image", source.classes, to_tensor)
     stream = Stream(source.kind, source.pieces, list(source.classes), 4, 0, 0, 1, 2, False, decoder,
-                    lambda xs, ys: (torch.stack(xs), ys))
+                    stack_collate)
     images, labels = zip(*stream.loader(0))
     assert torch.cat(labels).tolist() == [i % 2 for i in range(12)]
     assert torch.equal(images[0][1], to_tensor(Image.open(io.BytesIO(png_bytes(1)))))

@@ -272,7 +272,7 @@ def _augmentation(aug, size: int):
 class ImageCollate:
     """Stack uint8 images: a batch crosses from loader workers (shared memory) and to the GPU in
     a quarter of the bytes of float32; `to_device` scales and normalises it where it lands. The
-    labels stay a list (see `with_label_tensor`). A picklable class, for DataLoader workers."""
+    labels stay a list (see `delivered`). A picklable class, for DataLoader workers."""
 
     def __call__(self, inputs: list[torch.Tensor], labels: list[int]):
         import numpy as np
@@ -283,12 +283,17 @@ class ImageCollate:
         return torch.from_numpy(np.ascontiguousarray(np.stack([x.numpy() for x in inputs]))), labels
 
 
-def with_label_tensor(batch: tuple[Any, list[int]]) -> tuple[Any, torch.Tensor]:
-    """A collated batch as the loop takes it. Labels cross from loader workers as a list,
-    pickled beside the batch: a tensor would cross as a shared-memory file of its own, and at
-    64 px that file cost a third of what the images' did (bench/bench_streaming.py)."""
-    inputs, labels = batch
-    return inputs, torch.tensor(labels)
+def delivered(pairs: Iterable[tuple[Any, list[tuple[str, str]]]], seen: dict[str, str]) -> Iterator:
+    """The loop's batches from a loader's (collated batch or None, bad samples) pairs, for
+    every reader: bad samples recorded in `seen`, labels made a tensor here. They cross from
+    loader workers as a list, pickled beside the batch: a tensor would cross as a shared-memory
+    file of its own, which at 64 px cost a third of what the images' file did."""
+    for batch, bad in pairs:
+        record_bad(seen, bad)
+        if batch is None:  # skipping it would leave this rank one step short of the others
+            raise BadDataError(dict(bad), "every sample of a batch is unreadable")
+        inputs, labels = batch
+        yield inputs, torch.tensor(labels)
 
 
 def to_device(inputs, device):
@@ -463,11 +468,7 @@ class SplitData:
             # resumed run would see a different dropout/augmentation sequence.
             generator=torch.Generator().manual_seed(self.seed + epoch),
         )
-        for batch, bad in batches:
-            record_bad(self.bad, bad)
-            if batch is None:  # skipping it would leave this rank one step short of the others
-                raise BadDataError(dict(bad), "every sample of a batch is unreadable")
-            yield with_label_tensor(batch)
+        yield from delivered(batches, self.bad)
 
 
 # ------------------------------------------------------------------------------ assembly

@@ -57,7 +57,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from graft.spec import FineTuneJob, SpecError
 from graft.spec.contracts import DATA_INDEX_FILE, SHARD_MEMBERS_VERSION
 from graft_trainer.builtin import resolve
-from graft_trainer.data import BadDataError, record_bad, with_label_tensor
+from graft_trainer.data import BadDataError, delivered
 
 log = logging.getLogger("graft.streaming")
 
@@ -693,11 +693,7 @@ class EpochBatches:
         return self._length
 
     def __iter__(self):
-        for batch, bad in self._loader:
-            record_bad(self._stream.bad, bad)
-            if batch is None:  # skipping it would leave this rank one step short of the others
-                raise BadDataError(dict(bad), "every sample of a batch is unreadable")
-            yield with_label_tensor(batch)
+        return delivered(self._loader, self._stream.bad)
 
 
 @dataclass
