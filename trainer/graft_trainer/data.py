@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -215,7 +216,6 @@ def decode_image(source, mode: str) -> torch.Tensor:
         return _in_mode(decoded, mode)
     import io
 
-    import numpy as np
     from PIL import Image
 
     image = source if isinstance(source, Image.Image) else Image.open(source if path else io.BytesIO(data))
@@ -275,8 +275,6 @@ class ImageCollate:
     labels stay a list (see `delivered`). A picklable class, for DataLoader workers."""
 
     def __call__(self, inputs: list[torch.Tensor], labels: list[int]):
-        import numpy as np
-
         # TorchCodec's pixels are (H, W, C) in memory under their (C, H, W) shape; numpy's
         # strided copy lays them out as (C, H, W) 1.7x faster than torch.stack (0.79 vs 1.37 ms
         # for 32 images at 160 px, 4 % of reading and decoding them).
