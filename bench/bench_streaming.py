@@ -8,11 +8,13 @@
    offsets of their members files; the same shards without members files (shards made by
    other tools, read by walking their tar headers).
    Throughput is measured in samples per CPU second of the whole epoch (this process and its
-   DataLoader workers, which are joined at epoch end): on the shared machine other processes
-   stretch wall time by 2-3x at random, CPU time far less. Wall-clock samples/s is printed
-   beside it. The readers run in interleaved rounds (their order rotates every round); each
-   round gives shards / ImageFolder, and the figure is the median over rounds with a bootstrap
-   95 % interval (bench_loop's method). Goal: >= 1.2x at 64 px, >= 1.0x at 160 px.
+   DataLoader workers): on the shared machine other processes stretch wall time by 2-3x at
+   random, CPU time far less. Wall-clock samples/s is printed beside it. Each reader's split
+   is built once and reads one epoch per round (epoch 0 first, not counted: it starts the
+   loader workers, which then live as long as the split, as in a training run). The readers
+   run in interleaved rounds (their order rotates every round); each round gives
+   shards / ImageFolder, and the figure is the median over rounds with a bootstrap 95 %
+   interval (bench_loop's method). Goal: >= 1.2x at 64 px, >= 1.0x at 160 px.
    `--page-cache cold` evicts every file of a reader from the page cache before its epoch
    (`posix_fadvise(DONTNEED)`, no root needed; directory entries stay cached, which favours
    the ImageFolder): the data comes from the disk, as for a dataset larger than memory or a
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import resource
 import shutil
@@ -79,9 +82,12 @@ def job(fmt: str, location: str, workers: int, size: int):
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process and of its finished children (the joined DataLoader workers)."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
+    """CPU time of this process and of its children: the live DataLoader workers, read from
+    their CPU-time clocks (Linux's clock id of process `pid` is (~pid << 3) | 2, what
+    clock_getcpuclockid returns), and any that have ended."""
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    live = sum(time.clock_gettime((~child.pid << 3) | 2) for child in multiprocessing.active_children())
+    return time.process_time() + ended.ru_utime + ended.ru_stime + live
 
 
 def evict_from_page_cache(root: Path) -> None:
@@ -95,13 +101,13 @@ def evict_from_page_cache(root: Path) -> None:
                 os.close(fd)
 
 
-def epoch_throughput(fmt: str, location: str, workers: int, size: int, cold: bool = False) -> dict[str, float]:
-    """Samples per CPU second and per wall second of one training epoch."""
-    if cold:
+def epoch_throughput(split, epoch: int, location: str | None = None) -> dict[str, float]:
+    """Samples per CPU second and per wall second of one training epoch of `split`; with a
+    `location`, its files are evicted from the page cache first."""
+    if location:
         evict_from_page_cache(Path(location))
-    splits = build_splits(job(fmt, location, workers, size), rank=0, world_size=1)
     wall, cpu, samples = time.perf_counter(), cpu_seconds(), 0
-    for images, labels in splits.train.loader(0):
+    for images, labels in split.loader(epoch):
         to_device(images, "cpu")  # as the loop receives them: scaled and normalised per batch
         samples += len(labels)
     return {"cpu": samples / (cpu_seconds() - cpu), "wall": samples / (time.perf_counter() - wall)}
@@ -141,13 +147,17 @@ def throughput_ratios(tmp: Path, samples: int, size: int, workers: int, rounds: 
         without_members_files(tmp / f"shards-{size}", tmp / f"plain-{size}")
     readers = {"imagefolder": ("imagefolder", folder), "shards": ("webdataset", tmp / f"shards-{size}"),
                "plain tar": ("webdataset", tmp / f"plain-{size}")}
+    splits = {name: build_splits(job(fmt, str(location), workers, size), rank=0, world_size=1).train
+              for name, (fmt, location) in readers.items()}
+    for split in splits.values():
+        epoch_throughput(split, 0)
     rates: dict[str, list[dict[str, float]]] = {name: [] for name in readers}
     names = list(readers)
     for round_index in range(rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            fmt, location = readers[name]
-            rates[name].append(epoch_throughput(fmt, str(location), workers, size, cold))
+            location = str(readers[name][1]) if cold else None
+            rates[name].append(epoch_throughput(splits[name], round_index + 1, location))
     print(f"throughput, {samples} images {size}x{size}, {workers} workers, batch {BATCH}, {rounds} rounds, "
           f"{'cold' if cold else 'warm'} page cache:")
     for name in names:

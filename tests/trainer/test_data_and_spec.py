@@ -4,6 +4,7 @@ VADER words; small CSV/HF files written by the tests themselves where a format n
 
 from __future__ import annotations
 
+import multiprocessing
 import subprocess
 from pathlib import Path
 from collections import Counter
@@ -11,7 +12,9 @@ from collections import Counter
 import pytest
 import torch
 
+from graft.datapack import pack
 from graft.spec import SpecError, load_spec
+from graft_trainer.builtin import resolve
 from graft_trainer.data import build_splits, to_device
 from graft_trainer.models import build_model
 from trainer_jobs import PYTHON, REPO, digits_doc, job_of, text_doc, trainer_env, write_spec
@@ -89,6 +92,28 @@ def test_augmentations_apply_to_training_only(tmp_path):
     val_a, val_b = splits.validation.dataset[0][0], splits.validation.dataset[0][0]
     assert not torch.equal(train_a, train_b)
     assert torch.equal(val_a, val_b)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["imagefolder", "shards"])
+def test_loader_workers_outlive_the_epoch_and_augment_as_a_resumed_run_would(tmp_path, packed):
+    """numWorkers 2 start once per split, not every epoch. Epoch 1 from the workers that served
+    epoch 0 holds, from batch 3 on, what the fresh workers of a run resumed at (epoch 1, batch 3)
+    give: the same samples with the same random crops and flips."""
+    data = {"numWorkers": 2, "augmentations": [{"name": "randomResizedCrop"}, {"name": "horizontalFlip"}]}
+    if packed:
+        pack(resolve("builtin://sklearn-digits?classes=0-4"), tmp_path / "shards", "100KB", progress=False)
+        data.update(format="webdataset", train=str(tmp_path / "shards"))
+    job = job_of(digits_doc(tmp_path, data=data))
+    running = build_splits(job, 0, 1).train
+    assert len(list(running.loader(0))) == running.batches_per_epoch
+    workers = {child.pid for child in multiprocessing.active_children()}
+    epoch = [(to_device(images, "cpu"), labels) for images, labels in running.loader(1)]
+    assert {child.pid for child in multiprocessing.active_children()} == workers and len(workers) == 2
+
+    resumed = [(to_device(images, "cpu"), labels) for images, labels in build_splits(job, 0, 1).train.loader(1, 3)]
+    assert len(resumed) == len(epoch) - 3 > 0
+    for (images, labels), (again, again_labels) in zip(epoch[3:], resumed):
+        assert torch.equal(labels, again_labels) and torch.equal(images, again)
 
 
 @pytest.mark.parametrize("grayscale_to_rgb, size", [(True, 16), (True, 8), (False, 16)])
@@ -227,11 +252,13 @@ def test_corrupt_images_are_skipped_up_to_the_limit_then_fail_with_the_list(tmp_
             shutil.copy(png, tmp_path / "folder" / label / png.name)
     corrupt = tmp_path / "folder" / "1" / "corrupt.png"
     corrupt.write_bytes(b"not a png at all")
-    data = {"train": str(tmp_path / "folder"), "validation": str(tmp_path / "folder"), "limit": None}
+    data = {"train": str(tmp_path / "folder"), "validation": str(tmp_path / "folder"), "limit": None, "numWorkers": 2}
 
     tolerant = build_splits(job_of(digits_doc(tmp_path, data={**data, "maxBadSamples": 1})), 0, 1)
     seen = sum(len(labels) for _, labels in tolerant.train.loader(0))
     assert seen == 16 and list(tolerant.train.bad) == [str(corrupt)]
 
+    del tolerant
     with pytest.raises(BadDataError, match="corrupt.png"):  # the limit is the job's: a real run
         fit(job_of(digits_doc(tmp_path, data={**data, "maxBadSamples": 0})))
+    assert multiprocessing.active_children() == []  # the failed run's loader workers ended with it

@@ -15,7 +15,9 @@ each sample exactly once.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from graft.spec import FineTuneJob, SpecError
 from graft_trainer.builtin import resolve
@@ -270,15 +272,31 @@ def _augmentation(aug, size: int):
 
 @dataclass
 class ImageCollate:
-    """Stack uint8 images: a batch crosses from loader workers (shared memory) and to the GPU in
-    a quarter of the bytes of float32; `to_device` scales and normalises it where it lands. The
-    labels stay a list (see `delivered`). A picklable class, for DataLoader workers."""
+    """Stack uint8 images: a batch crosses from loader workers and to the GPU in a quarter of
+    the bytes of float32; `to_device` scales and normalises it where it lands. The labels stay
+    a list (see `delivered`). A picklable class, for DataLoader workers."""
 
     def __call__(self, inputs: list[torch.Tensor], labels: list[int]):
         # TorchCodec's pixels are (H, W, C) in memory under their (C, H, W) shape; numpy's
         # strided copy lays them out as (C, H, W) 1.7x faster than torch.stack (0.79 vs 1.37 ms
         # for 32 images at 160 px, 4 % of reading and decoding them).
-        return torch.from_numpy(np.ascontiguousarray(np.stack([x.numpy() for x in inputs]))), labels
+        return leaving_worker(np.ascontiguousarray(np.stack([x.numpy() for x in inputs]))), labels
+
+
+INLINE_BATCH_BYTES = 1 << 20
+
+
+def leaving_worker(array: np.ndarray):
+    """A collated array as it leaves a loader worker for the training process: up to 1 MiB as
+    the array, copied inside the pickled message; larger as a tensor, which crosses as a
+    shared-memory file of its own (set up, handed over on a new socket, mapped, unmapped).
+    CPU per batch of 32 RGB images from 2 workers, array / tensor (bench/bench_batch_transfer.py):
+    64 px (384 KiB) 0.54x, 96 px 0.78x, 128 px 0.87x, 160 px (2.4 MiB) 1.04x: the copies grow
+    with the batch, the file's fixed cost does not. `to_device` takes either. In the training
+    process itself (no workers): a tensor."""
+    if get_worker_info() is not None and array.nbytes <= INLINE_BATCH_BYTES:
+        return array
+    return torch.from_numpy(array)
 
 
 def delivered(pairs: Iterable[tuple[Any, list[tuple[str, str]]]], seen: dict[str, str]) -> Iterator:
@@ -295,12 +313,13 @@ def delivered(pairs: Iterable[tuple[Any, list[tuple[str, str]]]], seen: dict[str
 
 
 def to_device(inputs, device):
-    """A batch on `device`, images normalised there: one vectorised op per batch instead of
-    three per image (per image, float conversion and normalisation cost more than decoding a
-    64 px PNG)."""
+    """A batch on `device` (as tensors: small batches leave loader workers as numpy arrays, see
+    `leaving_worker`), images normalised there: one vectorised op per batch instead of three
+    per image (per image, float conversion and normalisation cost more than decoding a 64 px
+    PNG)."""
     if isinstance(inputs, dict):
-        return {k: v.to(device) for k, v in inputs.items()}
-    inputs = inputs.to(device, non_blocking=True)
+        return {k: torch.as_tensor(v).to(device) for k, v in inputs.items()}
+    inputs = torch.as_tensor(inputs).to(device, non_blocking=True)
     return normalize_images(inputs) if inputs.dtype == torch.uint8 else inputs
 
 
@@ -328,9 +347,9 @@ class TextCollate:
 
     def __call__(self, texts: list[str], labels: list[int]):
         encoded = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
         )
-        return dict(encoded), labels  # a list, as ImageCollate's
+        return {name: leaving_worker(ids) for name, ids in encoded.items()}, labels  # a list, as ImageCollate's
 
 
 def load_tokenizer(job: FineTuneJob):
@@ -432,6 +451,8 @@ class SplitData:
     label_counts: list[int] = field(default_factory=list)
     bad: dict[str, str] = field(default_factory=dict)  # corrupt samples seen: source → error (the loop
     # sums them over ranks against data.maxBadSamples at every step)
+    _plan: _EpochPlan = field(default_factory=lambda: _EpochPlan(), init=False, repr=False)
+    _batches: DataLoader | None = field(default=None, init=False, repr=False)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -453,20 +474,64 @@ class SplitData:
 
     def loader(self, epoch: int, start_batch: int = 0) -> Iterator:
         """Batches of `epoch`, starting after the first `start_batch` (never read); bad samples
-        are skipped and recorded in `bad`."""
-        remaining = self.indices(epoch)[start_batch * self.batch_size :]
-        batches = DataLoader(
-            Subset(self.dataset, remaining),
-            batch_size=self.batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            collate_fn=BatchCollate(self.collate),
-            pin_memory=torch.cuda.is_available(),  # page-locked: to_device copies to the GPU asynchronously
-            # Own generator: creating an iterator must not draw from the global RNG, or a
-            # resumed run would see a different dropout/augmentation sequence.
-            generator=torch.Generator().manual_seed(self.seed + epoch),
-        )
-        yield from delivered(batches, self.bad)
+        are skipped and recorded in `bad`. One epoch at a time: the loader workers live as long
+        as the split and serve the epoch asked for last."""
+        order, size = self.indices(epoch), self.batch_size
+        self._plan.batches = [((self.seed, epoch, self.rank, b), order[b * size:(b + 1) * size])
+                              for b in range(start_batch, -(-len(order) // size))]
+        if self._batches is None:
+            self._batches = DataLoader(
+                _SeededBatches(self.dataset),
+                batch_sampler=self._plan,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,  # forked once: two cost ≈ 75 ms CPU a start
+                collate_fn=BatchCollate(self.collate),
+                pin_memory=torch.cuda.is_available(),  # page-locked: to_device copies to the GPU asynchronously
+                # Own generator: creating an iterator must not draw from the global RNG, or a
+                # resumed run would see a different dropout/augmentation sequence.
+                generator=torch.Generator().manual_seed(self.seed),
+            )
+        yield from delivered(self._batches, self.bad)
+
+
+class _EpochPlan:
+    """The batch sampler of a split's DataLoader, run in the training process: the batches of
+    the epoch `SplitData.loader` asked for last, as (augmentation key, sample indices)."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[tuple[int, ...], list[int]]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+@dataclass
+class _SeededBatches(Dataset):
+    """A split's samples read a batch at a time, the batch's augmentations drawn from its key."""
+
+    dataset: RecordDataset
+
+    def __getitems__(self, batch: tuple[tuple[int, ...], list[int]]) -> list:
+        key, indices = batch
+        seed_augmentation(*key)
+        return [self.dataset[i] for i in indices]
+
+
+def seed_augmentation(*key: Any) -> None:
+    """In a loader worker: this batch's random augmentations come from `key` (seed, epoch, rank
+    and batch) alone, not from what the long-lived worker drew for earlier epochs, so a run
+    resumed at any batch augments the rest as the uninterrupted run did. Without workers the
+    training process's RNG draws them, as it draws dropout, and the checkpoint restores it.
+    Only the CPU generator is seeded: torch.manual_seed visits every device type, 86 us a call
+    (2.7 us a sample at batch 32)."""
+    if get_worker_info() is None:
+        return
+    seed = int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(), "little")
+    torch.default_generator.manual_seed(seed)
+    random.seed(seed)
 
 
 # ------------------------------------------------------------------------------ assembly
