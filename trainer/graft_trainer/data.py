@@ -434,6 +434,32 @@ class BatchCollate:
         return (self.collate(*map(list, zip(*good))) if good else None), bad
 
 
+class _EpochPlan:
+    """The batch sampler of a split's DataLoader, run in the training process: the batches of
+    the epoch `SplitData.loader` asked for last, as (augmentation key, sample indices)."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[tuple[int, ...], list[int]]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+@dataclass
+class _SeededBatches(Dataset):
+    """A split's samples read a batch at a time, the batch's augmentations drawn from its key."""
+
+    dataset: RecordDataset
+
+    def __getitems__(self, batch: tuple[tuple[int, ...], list[int]]) -> list:
+        key, indices = batch
+        seed_augmentation(*key)
+        return [self.dataset[i] for i in indices]
+
+
 @dataclass
 class SplitData:
     """One split for one rank: the object the training loop iterates, epoch by epoch."""
@@ -451,8 +477,8 @@ class SplitData:
     label_counts: list[int] = field(default_factory=list)
     bad: dict[str, str] = field(default_factory=dict)  # corrupt samples seen: source → error (the loop
     # sums them over ranks against data.maxBadSamples at every step)
-    _plan: _EpochPlan = field(default_factory=lambda: _EpochPlan(), init=False, repr=False)
-    _batches: DataLoader | None = field(default=None, init=False, repr=False)
+    _plan: _EpochPlan = field(default_factory=_EpochPlan, init=False, repr=False, compare=False)
+    _batches: DataLoader | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -492,32 +518,6 @@ class SplitData:
                 generator=torch.Generator().manual_seed(self.seed),
             )
         yield from delivered(self._batches, self.bad)
-
-
-class _EpochPlan:
-    """The batch sampler of a split's DataLoader, run in the training process: the batches of
-    the epoch `SplitData.loader` asked for last, as (augmentation key, sample indices)."""
-
-    def __init__(self) -> None:
-        self.batches: list[tuple[tuple[int, ...], list[int]]] = []
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-@dataclass
-class _SeededBatches(Dataset):
-    """A split's samples read a batch at a time, the batch's augmentations drawn from its key."""
-
-    dataset: RecordDataset
-
-    def __getitems__(self, batch: tuple[tuple[int, ...], list[int]]) -> list:
-        key, indices = batch
-        seed_augmentation(*key)
-        return [self.dataset[i] for i in indices]
 
 
 def seed_augmentation(*key: Any) -> None:

@@ -752,7 +752,7 @@ class Stream:
     decoder: Decoder
     collate: Callable
     bad: dict[str, str] = field(default_factory=dict)  # source (shard and key) → error
-    _batches: DataLoader | None = field(default=None, init=False, repr=False)
+    _batches: DataLoader | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._plan = functools.partial(
