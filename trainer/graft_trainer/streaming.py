@@ -752,6 +752,10 @@ class Stream:
     decoder: Decoder
     collate: Callable
     bad: dict[str, str] = field(default_factory=dict)  # source (shard and key) → error
+    # The long-lived loader: plan_rank for this rank (epoch and start batch left open), the
+    # (epoch, start batch) its workers read, and the DataLoader, made on the first epoch.
+    _plan: Callable[..., tuple[int, list[WorkerTask]]] = field(init=False, repr=False, compare=False)
+    _where: torch.Tensor = field(init=False, repr=False, compare=False)
     _batches: DataLoader | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
