@@ -298,9 +298,10 @@ def _apply(memo: kopf.Memo, key: JobKey, seen: dict[str, Any], update: dict[str,
 
 def _report(memo: kopf.Memo, body: dict[str, Any], key: JobKey, current: dict[str, Any],
             update: dict[str, Any], reason: str, message: str, event_type: str = "Warning") -> None:
-    """Status and the event saying why, so `kubectl describe` shows both."""
-    memo.book.apply(key, current, update)
+    """Status and the event saying why, so `kubectl describe` shows both. The event goes first:
+    whoever sees the status (a user, `graft status`, a test) then finds the event beside it."""
     memo.kube.event(body, event_type, reason, message)
+    memo.book.apply(key, current, update)
 
 
 def _announce(kube: Kube, key: JobKey, transition: Transition, message: str) -> None:
